@@ -105,8 +105,10 @@ pq_install() {
   pq_log "installing $((${#editables[@]} / 2)) packages editable into $PQ_PYTHON (constraints: constraints.txt)"
   "$PQ_PYTHON" -m pip --version >/dev/null 2>&1 || "$PQ_PYTHON" -m ensurepip --upgrade >&2
   export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-  if ! "$PQ_PYTHON" -c 'import hatchling' 2>/dev/null; then
-    "$PQ_PYTHON" -m pip install --quiet -c "$PQ_ROOT/constraints.txt" "hatchling>=1.24" >&2
+  # --no-build-isolation below: the build backend (and `editables`, which it needs for editable wheels) must
+  # already be in the environment.
+  if ! "$PQ_PYTHON" -c 'import hatchling, editables' 2>/dev/null; then
+    "$PQ_PYTHON" -m pip install --quiet -c "$PQ_ROOT/constraints.txt" "hatchling>=1.24" "editables>=0.5" >&2
   fi
   # One resolver run: the root's extras name polyquant-<domain>, satisfied by the editable plugin directories.
   "$PQ_PYTHON" -m pip install --quiet --no-build-isolation -c "$PQ_ROOT/constraints.txt" \
