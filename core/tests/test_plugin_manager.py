@@ -16,7 +16,7 @@ from polyquant.plugins import (
     hookimpl,
     using_plugin_manager,
 )
-from polyquant.plugins.manager import LOAD_ENV, DISABLE_ENV
+from polyquant.plugins.manager import DISABLE_ENV, LOAD_ENV
 
 
 def _plugin(**hooks: object) -> types.SimpleNamespace:
@@ -84,7 +84,7 @@ def test_non_iterable_return_is_malformed(pm: PluginManager) -> None:
 
 
 def test_unknown_hook_is_reported(pm: PluginManager) -> None:
-    info = pm.register(_plugin(polyquant_register_widgets=lambda: []), "typo")
+    info = pm.register(_plugin(polyquant_register_widgets=list), "typo")
     assert info.status == "failed"
     assert "unknown hook(s) polyquant_register_widgets" in (info.error or "")
     assert "polyquant_register_formats" in (info.error or ""), "the error lists the known hooks"
@@ -102,7 +102,9 @@ def test_duplicate_names_conflict_names_both_distributions(pm: PluginManager) ->
     pm.register(_plugin(polyquant_register_recipes=_recipes("shared")), "first", distribution="dist-a")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        second = pm.register(_plugin(polyquant_register_recipes=_recipes("shared", "extra")), "second", distribution="dist-b")
+        second = pm.register(
+            _plugin(polyquant_register_recipes=_recipes("shared", "extra")), "second", distribution="dist-b"
+        )
     assert second.status == "conflict"
     assert "dist-a" in (second.error or "") and "dist-b" in (second.error or "")
     assert "extra" not in pm.get_recipes(), "the conflicting plugin is skipped as a whole"
@@ -110,7 +112,8 @@ def test_duplicate_names_conflict_names_both_distributions(pm: PluginManager) ->
     assert any("shared" in str(w.message) for w in caught)
     with pytest.raises(PluginConflictError) as excinfo:
         pm.check()
-    assert excinfo.value.first == "dist-a" and excinfo.value.second == "dist-b" and excinfo.value.kind == "recipe"
+    err = excinfo.value
+    assert (err.first, err.second, err.kind) == ("dist-a", "dist-b", "recipe")
 
 
 def test_duplicate_within_one_plugin_is_malformed(pm: PluginManager) -> None:
@@ -121,11 +124,12 @@ def test_duplicate_within_one_plugin_is_malformed(pm: PluginManager) -> None:
 def test_conflict_with_core_builtin(pm: PluginManager) -> None:
     # the core loads first, so a plugin can never replace a built-in
     core_recipes = sorted(pm.get_recipes())
-    if not core_recipes:
-        pytest.skip("the core registers no presets yet")
+    assert core_recipes, "the core registers its presets through the recipes hook"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        intruder = pm.register(_plugin(polyquant_register_recipes=_recipes(core_recipes[0])), "intruder", distribution="d2")
+        intruder = pm.register(
+            _plugin(polyquant_register_recipes=_recipes(core_recipes[0])), "intruder", distribution="d2"
+        )
     assert intruder.status == "conflict"
     assert "polyquant-core" in (intruder.error or "") and "d2" in (intruder.error or "")
 

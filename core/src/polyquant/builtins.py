@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 @hookimpl
 def polyquant_register_formats() -> Iterable[FormatSpec]:
+    """The built-in tensor formats: intN/uintN, binary, ternary, fp8/fp6/fp4, MX/NV blocks, NF4, codebooks."""
     from polyquant.formats.builtin import builtin_formats
 
     return builtin_formats()
@@ -33,6 +34,7 @@ def polyquant_register_formats() -> Iterable[FormatSpec]:
 
 @hookimpl
 def polyquant_register_quantizers() -> Iterable[QuantizerInfo]:
+    """The built-in quantizers (RTN and MSE clipping search) and activation observers."""
     from polyquant.quantizers import builtin_quantizers
 
     return builtin_quantizers()
@@ -40,6 +42,7 @@ def polyquant_register_quantizers() -> Iterable[QuantizerInfo]:
 
 @hookimpl
 def polyquant_register_kernels() -> Iterable[KernelSpec]:
+    """The pure-PyTorch reference kernel of every op (the fallback dispatch can always select)."""
     from polyquant.kernels.ops import reference_kernels
 
     return reference_kernels()
@@ -47,6 +50,7 @@ def polyquant_register_kernels() -> Iterable[KernelSpec]:
 
 @hookimpl
 def polyquant_register_adapters() -> Iterable[AdapterInfo]:
+    """The generic adapter: any ``torch.nn.Module``, quantizing its Linear/Conv/Embedding layers."""
     from polyquant.adapters import builtin_adapters
 
     return builtin_adapters()
@@ -54,6 +58,7 @@ def polyquant_register_adapters() -> Iterable[AdapterInfo]:
 
 @hookimpl
 def polyquant_register_calibration_sources() -> Iterable[CalibrationSourceInfo]:
+    """The built-in calibration data sources."""
     from polyquant.calibration import builtin_calibration_sources
 
     return builtin_calibration_sources()
@@ -61,6 +66,7 @@ def polyquant_register_calibration_sources() -> Iterable[CalibrationSourceInfo]:
 
 @hookimpl
 def polyquant_register_evaluators() -> Iterable[EvaluatorInfo]:
+    """The built-in evaluators (weight and output error)."""
     from polyquant.evaluation import builtin_evaluators
 
     return builtin_evaluators()
@@ -68,6 +74,7 @@ def polyquant_register_evaluators() -> Iterable[EvaluatorInfo]:
 
 @hookimpl
 def polyquant_register_recipes() -> Iterable[RecipePreset]:
+    """The named recipe presets (``w4a16-g128``, ``w8a8``, ``nvfp4``, ...)."""
     from polyquant.recipes.presets import builtin_presets
 
     return builtin_presets()

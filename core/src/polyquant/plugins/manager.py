@@ -281,13 +281,13 @@ class PluginManager:
                 if result is None:
                     continue
                 if not isinstance(result, Iterable) or isinstance(result, (str, bytes, Mapping)):
-                    raise PluginError(
-                        f"hook {hook_name} must return an iterable of {types[kind].__name__}, got {type(result).__name__}"
-                    )
+                    expected, got = types[kind].__name__, type(result).__name__
+                    raise PluginError(f"hook {hook_name} must return an iterable of {expected}, got {got}")
                 for rec in result:
                     if not isinstance(rec, types[kind]):
                         raise PluginError(
-                            f"hook {hook_name} returned a malformed record: expected {types[kind].__name__}, got {type(rec).__name__} ({rec!r:.80})"
+                            f"hook {hook_name} returned a malformed record: expected {types[kind].__name__}, "
+                            f"got {type(rec).__name__} ({rec!r:.80})"
                         )
                     records.append(rec)
             keys = [_record_key(kind, r) for r in records]
