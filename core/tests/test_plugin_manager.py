@@ -84,7 +84,10 @@ def test_non_iterable_return_is_malformed(pm: PluginManager) -> None:
 
 
 def test_unknown_hook_is_reported(pm: PluginManager) -> None:
-    info = pm.register(_plugin(polyquant_register_widgets=list), "typo")
+    def polyquant_register_widgets() -> list[object]:  # a hook name no hookspec defines (a typo)
+        return []
+
+    info = pm.register(_plugin(polyquant_register_widgets=polyquant_register_widgets), "typo")
     assert info.status == "failed"
     assert "unknown hook(s) polyquant_register_widgets" in (info.error or "")
     assert "polyquant_register_formats" in (info.error or ""), "the error lists the known hooks"
