@@ -131,11 +131,13 @@ def test_quantizers_check_their_input() -> None:
 
 
 def test_protocol_registry_and_factory() -> None:
-    assert {info.name for info in builtin_quantizers()} == {"rtn", "mse"}
+    infos = {info.name: info for info in builtin_quantizers()}
+    assert set(infos) == {"rtn", "mse", "gptq", "hqq"}
+    assert [n for n, info in sorted(infos.items()) if info.needs_calibration] == ["gptq"]
     assert isinstance(RTNQuantizer(), Quantizer) and isinstance(MSEQuantizer(), Quantizer)
     q = make_quantizer("mse", {"grid": 7, "norm": 2})
     assert isinstance(q, MSEQuantizer) and (q.grid, q.norm) == (7, 2.0)
-    with pytest.raises(RecipeError, match="method: 'awq' is not a registered quantizer; allowed: mse, rtn"):
+    with pytest.raises(RecipeError, match="method: 'awq' is not a registered quantizer; allowed: gptq, hqq, mse, rtn"):
         make_quantizer("awq")
     with pytest.raises(RecipeError, match="accepted: no arguments"):
         make_quantizer("rtn", {"grid": 3})

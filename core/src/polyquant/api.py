@@ -44,6 +44,7 @@ from polyquant.adapters import select_adapter
 from polyquant.errors import CalibrationError, FormatError, KernelError, PolyquantError, RecipeError
 from polyquant.nn import QUANTIZED_TYPES, QuantizedModule, quantize_module
 from polyquant.plugins.records import ModelAdapter
+from polyquant.quantizers.gptq import QuantizationFallbackWarning
 from polyquant.quantizers.observers import ActivationObserver, make_observer
 from polyquant.quantizers.protocol import Quantizer, make_quantizer
 from polyquant.quantizers.stats import InputStats, input_rows
@@ -134,11 +135,19 @@ def quantize(
 
     rows: list[ModuleReport] = []
     failures: list[SkippedModule] = []
+    fallbacks: list[str] = []  # quantizers that fell back to a simpler method for a module, and why
     aliases = _aliases(model)
     bar = _progress(targets, progress, "quantizing")
     for target in bar:
         try:
-            qmodule = _quantize_target(target, quantizer)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", QuantizationFallbackWarning)
+                qmodule = _quantize_target(target, quantizer)
+            for warning in caught:
+                if issubclass(warning.category, QuantizationFallbackWarning):
+                    fallbacks.append(f"{target.name or '<model>'}: {warning.message}")
+                else:
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         except PolyquantError as exc:
             if strict:
                 raise _in_module(exc, target.name) from exc
@@ -150,6 +159,13 @@ def quantize(
         for parent, attr in aliases.get(id(target.module), ()):
             setattr(parent, attr, qmodule)
         target.module, target.inputs = qmodule, []  # release the original weight as we go
+    if fallbacks:
+        warnings.warn(
+            f"polyquant.quantize: {len(fallbacks)} module(s) used a fallback method: {fallbacks[0]}"
+            + (f" (and {len(fallbacks) - 1} more; see report.summary.notes)" if len(fallbacks) > 1 else ""),
+            QuantizationFallbackWarning,
+            stacklevel=2,
+        )
     if failures:
         listed = "; ".join(f"{f.name}: {f.reason}" for f in failures[:3])
         more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
@@ -160,7 +176,7 @@ def quantize(
             stacklevel=2,
         )
     return model, _report(
-        model, recipe, chosen, quantizer, rows, skipped + failures, total_params, original_bytes, calibration
+        model, recipe, chosen, quantizer, rows, skipped + failures, total_params, original_bytes, calibration, fallbacks
     )
 
 
@@ -287,9 +303,7 @@ def _quantize_target(target: _Target, quantizer: Quantizer) -> QuantizedModule:
         act_scale = target.observer.scale(target.act.format)
     stats = target.stats.as_dict() if target.stats is not None else None
     spec = target.weights.to_spec()
-    return quantize_module(
-        target.module, spec, quantizer=quantizer, act=target.act, act_scale=act_scale, stats=stats or None
-    )
+    return quantize_module(target.module, spec, quantizer=quantizer, act=target.act, act_scale=act_scale, stats=stats)
 
 
 def _aliases(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
@@ -392,11 +406,12 @@ def _report(
     total_params: int,
     original_bytes: int,
     calibration: Any,
+    fallbacks: list[str],
 ) -> QuantizationReport:
     quantized_bytes = _model_bytes(model)
     params_q = sum(r.params for r in rows)
     weight_bytes = sum(r.quantized_bytes for r in rows)
-    notes: list[str] = []
+    notes: list[str] = list(fallbacks)
     if recipe.kv_cache is not None:
         notes.append(
             f"kv_cache ({recipe.kv_cache.format}) is recorded in the recipe; quantize() does not change attention, "

@@ -1,7 +1,7 @@
-"""Weight quantizers (RTN, MSE clipping search) and activation observers.
+"""Weight quantizers (RTN, MSE clipping search, GPTQ, HQQ) and activation observers.
 
 Quantizers implement :class:`Quantizer` and are registered as :class:`~polyquant.plugins.QuantizerInfo`
-records (the core registers ``rtn`` and ``mse``; plugins add GPTQ, AWQ, ...). Recipes name them in
+records (the core registers ``rtn``, ``mse``, ``gptq`` and ``hqq``; plugins add their own). Recipes name them in
 ``method`` and pass ``method_args`` to their factory.
 
 Example:
@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 from polyquant.plugins.records import QuantizerInfo
+from polyquant.quantizers.gptq import GPTQQuantizer, QuantizationFallbackWarning
+from polyquant.quantizers.hqq import HQQQuantizer
 from polyquant.quantizers.mse import MSEQuantizer
 from polyquant.quantizers.observers import (
     ActivationObserver,
@@ -26,10 +28,13 @@ from polyquant.quantizers.rtn import RTNQuantizer
 
 __all__ = [
     "ActivationObserver",
+    "GPTQQuantizer",
+    "HQQQuantizer",
     "MSEObserver",
     "MSEQuantizer",
     "MinMaxObserver",
     "PercentileObserver",
+    "QuantizationFallbackWarning",
     "Quantizer",
     "RTNQuantizer",
     "builtin_quantizers",
@@ -44,5 +49,16 @@ def builtin_quantizers() -> list[QuantizerInfo]:
         QuantizerInfo("rtn", RTNQuantizer, "round to nearest with min-max / absmax scales"),
         QuantizerInfo(
             "mse", MSEQuantizer, "per-group clipping search minimizing |W - Q(W)|^p (args: grid, norm, maxshrink)"
+        ),
+        QuantizerInfo(
+            "gptq",
+            GPTQQuantizer,
+            "second-order error feedback from calibration Hessians (args: block_size, damp, act_order, static_groups)",
+            needs_calibration=True,
+        ),
+        QuantizerInfo(
+            "hqq",
+            HQQQuantizer,
+            "calibration-free half-quadratic zero-point optimization (args: iters, p, beta, kappa, early_stop)",
         ),
     ]

@@ -19,7 +19,17 @@ preset          weights                                                        m
 ``mxfp4``       MXFP4 (E2M1, E8M0 scale per 32)                                rtn
 ``nf4``         NF4 (bitsandbytes levels, absmax per 64)                       rtn
 ``ternary``     ternary {-1, 0, 1} × absmean scale (BitNet b1.58)              rtn
+``w4a16-gptq``  int4, asymmetric, groups of 128                                gptq
+``w3a16-gptq``  int3, asymmetric, groups of 128                                gptq
+``w2a16-gptq``  int2, asymmetric, groups of 64                                 gptq
+``w4a16-hqq``   int4, asymmetric, groups of 64                                 hqq
+``w3a16-hqq``   int3, asymmetric, groups of 64                                 hqq
+``w2a16-hqq``   int2, asymmetric, groups of 16                                 hqq
 ==============  ============================================================  ========
+
+The ``gptq`` presets need calibration data (``polyquant.quantize(model, "w4a16-gptq", calibration=...)``);
+the ``hqq`` presets need none. HQQ's groups are smaller than GPTQ's (its defaults: 64, and 16 at 2 bits)
+because it has no error feedback to compensate a coarse range.
 
 Below 4 bits round-to-nearest with min-max ranges wastes levels on outliers, so ``w3a16`` and ``w2a16``
 search a clipping ratio per group (``mse``); 2-bit uses smaller groups (64) because four levels cannot
@@ -94,4 +104,22 @@ def builtin_presets() -> list[RecipePreset]:
         _preset("mxfp4", "MXFP4 weights (E2M1, E8M0 scale per 32)", {"format": "mxfp4"}),
         _preset("nf4", "NF4 weights (absmax per 64), 16-bit activations", {"format": "nf4"}),
         _preset("ternary", "ternary weights {-1, 0, 1} with an absmean scale (BitNet b1.58)", {"format": "ternary"}),
+        *(
+            _preset(
+                f"w{bits}a16-gptq",
+                f"int{bits} weights in groups of {group} (asymmetric) by GPTQ; needs calibration data",
+                {"format": f"int{bits}", "group_size": group, "symmetric": False},
+                method="gptq",
+            )
+            for bits, group in ((4, 128), (3, 128), (2, 64))
+        ),
+        *(
+            _preset(
+                f"w{bits}a16-hqq",
+                f"int{bits} weights in groups of {group} (asymmetric) by HQQ, calibration-free",
+                {"format": f"int{bits}", "group_size": group, "symmetric": False},
+                method="hqq",
+            )
+            for bits, group in ((4, 64), (3, 64), (2, 16))
+        ),
     ]
