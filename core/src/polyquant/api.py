@@ -87,6 +87,7 @@ def quantize(
     inplace: bool = True,
     progress: bool = True,
     strict: bool = False,
+    sequential: bool | None = None,
 ) -> tuple[nn.Module, QuantizationReport]:
     """Quantize ``model`` according to ``recipe``.
 
@@ -100,6 +101,9 @@ def quantize(
         inplace: modify ``model`` (``False`` quantizes a deep copy and leaves ``model`` untouched).
         progress: show a progress bar.
         strict: raise instead of skipping modules that cannot be quantized.
+        sequential: calibrate block by block on the quantized prefix's outputs (:mod:`polyquant.sequential`).
+            ``None`` (default): when the quantizer needs calibration statistics and the adapter's blocks form
+            a chain; ``False``: one pass over the unquantized model.
 
     Returns:
         ``(quantized model, report)``.
@@ -130,35 +134,53 @@ def quantize(
 
     targets, skipped = _plan(model, recipe, chosen)
     _check_calibration_needs(targets, quantizer, calibration)
-    if calibration is not None:
-        _calibrate(model, targets, calibration, need_stats=quantizer.needs_calibration, progress=progress)
 
-    rows: list[ModuleReport] = []
+    rows: dict[int, ModuleReport] = {}  # by position in `targets`, so the report keeps the model's order
     failures: list[SkippedModule] = []
     fallbacks: list[str] = []  # quantizers that fell back to a simpler method for a module, and why
     aliases = _aliases(model)
-    bar = _progress(targets, progress, "quantizing")
-    for target in bar:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", QuantizationFallbackWarning)
-                qmodule = _quantize_target(target, quantizer)
-            for warning in caught:
-                if issubclass(warning.category, QuantizationFallbackWarning):
-                    fallbacks.append(f"{target.name or '<model>'}: {warning.message}")
-                else:
-                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        except PolyquantError as exc:
-            if strict:
-                raise _in_module(exc, target.name) from exc
-            failures.append(SkippedModule(target.name, type(target.module).__name__, f"could not be quantized: {exc}"))
-            continue
-        rows.append(_row(target, qmodule))
-        if target.name == "":
-            model = qmodule
-        for parent, attr in aliases.get(id(target.module), ()):
-            setattr(parent, attr, qmodule)
-        target.module, target.inputs = qmodule, []  # release the original weight as we go
+    position = {id(t): i for i, t in enumerate(targets)}
+
+    def process(batch: list[_Target], bar: bool) -> None:
+        nonlocal model
+        for target in _progress(batch, progress and bar, "quantizing"):
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", QuantizationFallbackWarning)
+                    qmodule = _quantize_target(target, quantizer)
+                for warning in caught:
+                    if issubclass(warning.category, QuantizationFallbackWarning):
+                        fallbacks.append(f"{target.name or '<model>'}: {warning.message}")
+                    else:
+                        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            except PolyquantError as exc:
+                if strict:
+                    raise _in_module(exc, target.name) from exc
+                reason = f"could not be quantized: {exc}"
+                failures.append(SkippedModule(target.name, type(target.module).__name__, reason))
+                continue
+            rows[position[id(target)]] = _row(target, qmodule)
+            if target.name == "":
+                model = qmodule
+            for parent, attr in aliases.get(id(target.module), ()):
+                setattr(parent, attr, qmodule)
+            target.module, target.inputs = qmodule, []  # release the original weight as we go
+
+    remaining = targets
+    if calibration is not None:
+        _prepare(targets, need_stats=quantizer.needs_calibration)
+        use_blocks = quantizer.needs_calibration if sequential is None else sequential
+        if use_blocks:
+            from polyquant.calibration import iter_batches
+
+            calibration = list(iter_batches(calibration))  # read several times below: materialize once
+        blocks = _chained_blocks(model, chosen, calibration) if use_blocks and targets else None
+        if blocks:
+            remaining = _calibrate_blocks(model, blocks, targets, calibration, process, progress=progress)
+        if remaining:
+            _calibrate(model, remaining, calibration, progress=progress)
+    process(remaining, bar=True)
+    report_rows = [rows[i] for i in sorted(rows)]
     if fallbacks:
         warnings.warn(
             f"polyquant.quantize: {len(fallbacks)} module(s) used a fallback method: {fallbacks[0]}"
@@ -176,7 +198,16 @@ def quantize(
             stacklevel=2,
         )
     return model, _report(
-        model, recipe, chosen, quantizer, rows, skipped + failures, total_params, original_bytes, calibration, fallbacks
+        model,
+        recipe,
+        chosen,
+        quantizer,
+        report_rows,
+        skipped + failures,
+        total_params,
+        original_bytes,
+        calibration,
+        fallbacks,
     )
 
 
@@ -235,44 +266,124 @@ def _check_calibration_needs(targets: list[_Target], quantizer: Quantizer, calib
 
 
 # ------------------------------------------------------------------------------------------------ calibration
-def _calibrate(model: nn.Module, targets: list[_Target], calibration: Any, *, need_stats: bool, progress: bool) -> None:
-    """One pass over the data: observers, quantizer statistics and the report's input samples."""
-    from polyquant.calibration import iter_batches, move_to, run_model
-
+def _prepare(targets: list[_Target], *, need_stats: bool) -> None:
+    """Give each target its activation observer (static activations) and statistics collector."""
     for target in targets:
         if target.act is not None and not target.act.dynamic:
             target.observer = make_observer(target.act, target.name)
         if need_stats:
             target.stats = InputStats()
 
-    def hook(target: _Target) -> Any:
-        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            x = args[0] if args else next(iter(kwargs.values()), None)
-            if not isinstance(x, Tensor):
-                return
-            if target.observer is not None:
-                target.observer.observe(x)
-            if target.stats is not None:
-                rows = input_rows(module, x)
-                if rows is not None:
-                    target.stats.add(rows)
-            _capture(target, x)
 
-        return fn
+def _hook(target: _Target) -> Any:
+    """The forward hook feeding a target's observer, statistics and report samples."""
 
-    handles = [t.module.register_forward_hook(hook(t), with_kwargs=True) for t in targets]
-    device = next((p.device for p in model.parameters() if p.device.type != "meta"), None)
-    modes = {module: module.training for module in model.modules()}
-    model.eval()  # calibration statistics are collected as the model runs at inference (no dropout)
+    def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if not isinstance(x, Tensor):
+            return
+        if target.observer is not None:
+            target.observer.observe(x)
+        if target.stats is not None:
+            rows = input_rows(module, x)
+            if rows is not None:
+                target.stats.add(rows)
+        _capture(target, x)
+
+    return fn
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    return next((p.device for p in model.parameters() if p.device.type != "meta"), None)
+
+
+def _chained_blocks(model: nn.Module, adapter: ModelAdapter, calibration: Any) -> list[tuple[str, nn.Module]] | None:
+    """The adapter's blocks when they form a chain on the first calibration input, else ``None``."""
+    from polyquant.calibration import iter_batches, move_to
+    from polyquant.sequential import is_chained
+
+    blocks = adapter.blocks(model)
+    if len(blocks) < 2 or any(name == "" for name, _ in blocks):
+        return None
+    first = next(iter(iter_batches(calibration)), None)
+    if first is None:
+        return None
+    device = _model_device(model)
+    with _EvalMode(model):
+        chained = is_chained(model, blocks, first if device is None else move_to(first, device))
+    return blocks if chained else None
+
+
+def _calibrate_blocks(
+    model: nn.Module,
+    blocks: list[tuple[str, nn.Module]],
+    targets: list[_Target],
+    calibration: Any,
+    process: Any,
+    *,
+    progress: bool,
+) -> list[_Target]:
+    """Calibrate and quantize the targets inside ``blocks`` block by block; return the targets outside them."""
+    from polyquant.calibration import iter_batches
+    from polyquant.sequential import run_sequential
+
+    inside: dict[str, list[_Target]] = {name: [] for name, _ in blocks}
+    outside: list[_Target] = []
+    for target in targets:
+        owner = next((b for b in inside if target.name == b or target.name.startswith(b + ".")), None)
+        (inside[owner] if owner is not None else outside).append(target)
+
+    def observe(name: str, block: nn.Module) -> Any:
+        handles = [t.module.register_forward_hook(_hook(t), with_kwargs=True) for t in inside[name]]
+
+        def remove() -> None:
+            for handle in handles:
+                handle.remove()
+
+        return remove
+
+    with _EvalMode(model):
+        run_sequential(
+            model,
+            blocks,
+            iter_batches(calibration),
+            observe=observe,
+            quantize=lambda name: process(inside[name], False),
+            device=_model_device(model),
+            progress=(lambda items, desc: _progress(items, True, desc)) if progress else None,
+        )
+    return outside
+
+
+class _EvalMode:
+    """Put every module in eval mode (no dropout while calibrating) and restore the modes afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modes: dict[nn.Module, bool] = {}
+
+    def __enter__(self) -> None:
+        self.modes = {module: module.training for module in self.model.modules()}
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for module, training in self.modes.items():
+            module.training = training
+
+
+def _calibrate(model: nn.Module, targets: list[_Target], calibration: Any, *, progress: bool) -> None:
+    """One pass over the data: observers, quantizer statistics and the report's input samples."""
+    from polyquant.calibration import iter_batches, move_to, run_model
+
+    handles = [t.module.register_forward_hook(_hook(t), with_kwargs=True) for t in targets]
+    device = _model_device(model)
     try:
-        with torch.no_grad():
+        with _EvalMode(model), torch.no_grad():
             for inputs in _progress(iter_batches(calibration), progress, "calibrating"):
                 run_model(model, inputs if device is None else move_to(inputs, device))
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes.items():
-            module.training = training
 
 
 def _capture(target: _Target, x: Tensor) -> None:
