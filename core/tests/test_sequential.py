@@ -198,3 +198,20 @@ def test_gptq_sequential_on_a_tiny_llama_keeps_logits_close() -> None:
     sequential, one_pass = error(), error(sequential=False)
     assert sequential < 0.5 and one_pass < 0.5
     assert sequential <= one_pass * 1.05, (sequential, one_pass)
+
+
+def test_nan_activation_names_the_module_and_call() -> None:
+    class Overflow(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(16, 16)
+            self.b = nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            return self.b(h * float("inf") if bool((x > 3).any()) else h)
+
+    data = torch.zeros(4, 16)
+    data[2, 0] = 5.0  # the third call overflows inside the model; the data itself is finite
+    with pytest.raises(polyquant.CalibrationError, match=r"input of module 'b' \(calibration call 2\).*Inf"):
+        polyquant.quantize(Overflow(), "w8a16", calibration=data, progress=False)

@@ -6,9 +6,11 @@ Steps:
    adapter (explicit, or the highest-priority one whose ``matches`` is true);
 2. plan: every module of a type in ``recipe.modules`` is matched against include/exclude/overrides and
    the adapter's default excludes (:mod:`polyquant.recipes.matching`);
-3. calibrate (when ``calibration`` is given): one pass over the data with forward hooks collects static
-   activation scales (observers), statistics for quantizers that need them, and a small sample of each
-   module's inputs for the report;
+3. calibrate (when ``calibration`` is given): forward hooks collect static activation scales (observers),
+   statistics for quantizers that need them, and a small sample of each module's inputs for the report. For
+   quantizers that need statistics, the adapter's blocks are calibrated one at a time on the outputs of the
+   already quantized blocks (:mod:`polyquant.sequential`); otherwise one pass over the data. NaN or Inf in a
+   module's input raises :class:`~polyquant.errors.CalibrationError` naming the module and the call;
 4. quantize each planned weight with the recipe's quantizer and swap in :mod:`polyquant.nn` modules;
 5. report per module: format, exact bits/weight, weight and output errors (output error of the module
    alone on captured calibration inputs, or on a random probe input without calibration), kernel.
@@ -41,6 +43,7 @@ from torch import Tensor, nn
 
 from polyquant.activations import ActivationSpec
 from polyquant.adapters import select_adapter
+from polyquant.calibration import check_finite
 from polyquant.errors import CalibrationError, FormatError, KernelError, PolyquantError, RecipeError
 from polyquant.nn import QUANTIZED_TYPES, QuantizedModule, quantize_module
 from polyquant.plugins.records import ModelAdapter
@@ -75,6 +78,7 @@ class _Target:
     stats: InputStats | None = None
     inputs: list[Tensor] = field(default_factory=list)
     captured: int = 0
+    calls: int = 0  # forward calls observed during calibration (named in NaN/Inf errors)
 
 
 # ------------------------------------------------------------------------------------------------ api
@@ -282,6 +286,8 @@ def _hook(target: _Target) -> Any:
         x = args[0] if args else next(iter(kwargs.values()), None)
         if not isinstance(x, Tensor):
             return
+        check_finite(x, f"input of module {target.name or '<model>'!r} (calibration call {target.calls})")
+        target.calls += 1
         if target.observer is not None:
             target.observer.observe(x)
         if target.stats is not None:
