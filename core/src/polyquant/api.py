@@ -49,7 +49,7 @@ from polyquant.nn import QUANTIZED_TYPES, QuantizedModule, quantize_module
 from polyquant.plugins.records import ModelAdapter
 from polyquant.quantizers.gptq import QuantizationFallbackWarning
 from polyquant.quantizers.observers import ActivationObserver, make_observer
-from polyquant.quantizers.protocol import Quantizer, make_quantizer
+from polyquant.quantizers.protocol import ModelPreparer, Quantizer, make_quantizer
 from polyquant.quantizers.stats import InputStats, input_rows
 from polyquant.recipes import Recipe, WeightConfig, decide, resolve
 from polyquant.report import ModuleReport, QuantizationReport, ReportSummary, SkippedModule
@@ -171,13 +171,17 @@ def quantize(
             target.module, target.inputs = qmodule, []  # release the original weight as we go
 
     remaining = targets
+    prepared: list[str] = []  # what model-level preparation (AWQ scaling, ...) did, for the report
     if calibration is not None:
+        from polyquant.calibration import iter_batches
+
+        calibration = list(iter_batches(calibration))  # read several times below: materialize once
+        if isinstance(quantizer, ModelPreparer) and targets:
+            plan = {t.name: t.weights.to_spec() for t in targets}
+            with _EvalMode(model):
+                prepared = list(quantizer.prepare_model(model, calibration, plan))
         _prepare(targets, need_stats=quantizer.needs_calibration)
         use_blocks = quantizer.needs_calibration if sequential is None else sequential
-        if use_blocks:
-            from polyquant.calibration import iter_batches
-
-            calibration = list(iter_batches(calibration))  # read several times below: materialize once
         blocks = _chained_blocks(model, chosen, calibration) if use_blocks and targets else None
         if blocks:
             remaining = _calibrate_blocks(model, blocks, targets, calibration, process, progress=progress)
@@ -211,7 +215,7 @@ def quantize(
         total_params,
         original_bytes,
         calibration,
-        fallbacks,
+        prepared + fallbacks,
     )
 
 

@@ -40,7 +40,15 @@ from torch import Tensor, nn
 from polyquant.calibration import ModelInput, run_model
 from polyquant.errors import CalibrationError, RecipeError
 
-__all__ = ["NormGroup", "collect_input_absmax", "find_norm_groups", "smooth_model", "smoothing_scales"]
+__all__ = [
+    "NormGroup",
+    "collect_input_absmax",
+    "collect_inputs",
+    "find_norm_groups",
+    "fold_scales",
+    "smooth_model",
+    "smoothing_scales",
+]
 
 #: Lower bound of the smoothing factors (the reference implementation's clamp).
 MIN_SCALE = 1e-5
@@ -138,6 +146,34 @@ def collect_input_absmax(model: nn.Module, linears: Iterable[str], inputs: Itera
     return absmax
 
 
+def collect_inputs(
+    model: nn.Module, linears: Iterable[str], inputs: Iterable[ModelInput], *, max_rows: int = 4096
+) -> dict[str, Tensor]:
+    """Up to ``max_rows`` input rows ``(rows, in_features)`` of each named linear over ``inputs`` (float32)."""
+    modules = dict(model.named_modules())
+    rows: dict[str, list[Tensor]] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for name in linears:
+
+        def hook(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            have = counts.get(name, 0)
+            if have < max_rows:
+                x = args[0].detach().reshape(-1, args[0].shape[-1])[: max_rows - have].float()
+                rows.setdefault(name, []).append(x)
+                counts[name] = have + x.shape[0]
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for sample in inputs:
+                run_model(model, sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts) for name, parts in rows.items()}
+
+
 def smoothing_scales(act_absmax: Tensor, weights: Sequence[Tensor], alpha: float) -> Tensor:
     """``s_j = max|X_j|^α / (max over the weights of max_i |W_ij|)^(1−α)``, clamped to ``≥ 1e-5``.
 
@@ -204,16 +240,7 @@ def smooth_model(
                     f"{', '.join(group.linears)} are not all Linear layers with that many inputs"
                 )
             scales = smoothing_scales(absmax, [lin.weight for lin in linears], alpha)
-            with torch.no_grad():
-                params = [weight, *([norm.bias] if isinstance(getattr(norm, "bias", None), Tensor) else [])]
-                params += [lin.weight for lin in linears]
-                saved += [(p, p.detach().clone()) for p in params]
-                weight.div_(scales.to(weight.dtype))
-                bias = getattr(norm, "bias", None)
-                if isinstance(bias, Tensor):
-                    bias.div_(scales.to(bias.dtype))
-                for lin in linears:
-                    lin.weight.mul_(scales.to(lin.weight.dtype))
+            saved += fold_scales(norm, linears, scales)
             done.append(group)
         if before is not None and check_input is not None:
             after = _output(model, check_input)
@@ -229,6 +256,36 @@ def smooth_model(
                 param.copy_(original)
         raise
     return done
+
+
+def fold_scales(norm: nn.Module, linears: Sequence[nn.Module], scales: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Divide ``norm``'s weight (and bias) by ``scales`` and multiply the linears' input columns by them.
+
+    Returns ``(parameter, original value)`` pairs, so a caller can undo the fold.
+
+    Example:
+        >>> norm, lin = torch.nn.LayerNorm(4), torch.nn.Linear(4, 2)
+        >>> x = torch.randn(3, 4)
+        >>> y = lin(norm(x))
+        >>> _ = fold_scales(norm, [lin], torch.tensor([1.0, 2.0, 4.0, 0.5]))
+        >>> torch.allclose(lin(norm(x)), y, atol=1e-6)
+        True
+    """
+    weight = norm.weight
+    assert isinstance(weight, Tensor)
+    bias = getattr(norm, "bias", None)
+    params = [weight, *([bias] if isinstance(bias, Tensor) else [])]
+    params += [lin.weight for lin in linears if isinstance(lin.weight, Tensor)]
+    saved = [(p, p.detach().clone()) for p in params]
+    with torch.no_grad():
+        weight.div_(scales.to(weight.dtype))
+        if isinstance(bias, Tensor):
+            bias.div_(scales.to(bias.dtype))
+        for lin in linears:
+            w = lin.weight
+            assert isinstance(w, Tensor)
+            w.mul_(scales.to(w.dtype))
+    return saved
 
 
 def _output(model: nn.Module, sample: ModelInput) -> Tensor:

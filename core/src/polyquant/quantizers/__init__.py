@@ -1,8 +1,8 @@
 """Weight quantizers (RTN, MSE clipping search, GPTQ, HQQ) and activation observers.
 
 Quantizers implement :class:`Quantizer` and are registered as :class:`~polyquant.plugins.QuantizerInfo`
-records (the core registers ``rtn``, ``mse``, ``gptq`` and ``hqq``; plugins add their own). Recipes name them in
-``method`` and pass ``method_args`` to their factory.
+records (the core registers ``rtn``, ``mse``, ``gptq``, ``awq`` and ``hqq``; plugins add their own). Recipes
+name them in ``method`` and pass ``method_args`` to their factory.
 
 Example:
     >>> from polyquant.quantizers import make_quantizer
@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from polyquant.plugins.records import QuantizerInfo
+from polyquant.quantizers.awq import AWQQuantizer
 from polyquant.quantizers.gptq import GPTQQuantizer, QuantizationFallbackWarning
 from polyquant.quantizers.hqq import HQQQuantizer
 from polyquant.quantizers.mse import MSEQuantizer
@@ -27,6 +28,7 @@ from polyquant.quantizers.protocol import Quantizer, make_quantizer
 from polyquant.quantizers.rtn import RTNQuantizer
 
 __all__ = [
+    "AWQQuantizer",
     "ActivationObserver",
     "GPTQQuantizer",
     "HQQQuantizer",
@@ -54,6 +56,12 @@ def builtin_quantizers() -> list[QuantizerInfo]:
             "gptq",
             GPTQQuantizer,
             "second-order error feedback from calibration Hessians (args: block_size, damp, act_order, static_groups)",
+            needs_calibration=True,
+        ),
+        QuantizerInfo(
+            "awq",
+            AWQQuantizer,
+            "activation-aware scales folded into the norms, then clip search (args: clip, steps, grid, max_rows)",
             needs_calibration=True,
         ),
         QuantizerInfo(

@@ -24,12 +24,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from polyquant.errors import RecipeError
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from collections.abc import Sequence
 
+    from torch import Tensor, nn
+
+    from polyquant.calibration import ModelInput
     from polyquant.formats.spec import FormatSpec
     from polyquant.qtensor import QTensor
 
-__all__ = ["Quantizer", "make_quantizer"]
+__all__ = ["ModelPreparer", "Quantizer", "make_quantizer"]
 
 
 @runtime_checkable
@@ -66,6 +69,29 @@ class Quantizer(Protocol):
         self, weight: Tensor, spec: FormatSpec, *, stats: Mapping[str, Tensor] | None = None
     ) -> QTensor:
         """Quantize a 2-D weight to ``spec``; must not modify ``weight``."""
+        ...
+
+
+@runtime_checkable
+class ModelPreparer(Protocol):
+    """A quantizer that also rewrites the model before calibration (AWQ folds its scales into norms).
+
+    :func:`polyquant.quantize` calls :meth:`prepare_model` once, with the calibration inputs, before it
+    collects statistics; the rewrite must keep the model's function (in exact arithmetic).
+
+    Example:
+        >>> class Noop:
+        ...     name, needs_calibration = "noop", False
+        ...     def quantize_weight(self, weight, spec, *, stats=None): ...
+        ...     def prepare_model(self, model, calibration, plan): return []
+        >>> isinstance(Noop(), ModelPreparer)
+        True
+    """
+
+    def prepare_model(
+        self, model: nn.Module, calibration: Sequence[ModelInput], plan: Mapping[str, FormatSpec]
+    ) -> Sequence[str]:
+        """Rewrite ``model`` in place; ``plan`` maps planned module names to their formats. Returns report notes."""
         ...
 
 

@@ -22,12 +22,13 @@ preset          weights                                                        m
 ``w4a16-gptq``  int4, asymmetric, groups of 128                                gptq
 ``w3a16-gptq``  int3, asymmetric, groups of 128                                gptq
 ``w2a16-gptq``  int2, asymmetric, groups of 64                                 gptq
+``w4a16-awq``   int4, asymmetric, groups of 128                                awq
 ``w4a16-hqq``   int4, asymmetric, groups of 64                                 hqq
 ``w3a16-hqq``   int3, asymmetric, groups of 64                                 hqq
 ``w2a16-hqq``   int2, asymmetric, groups of 16                                 hqq
 ==============  ============================================================  ========
 
-The ``gptq`` presets need calibration data (``polyquant.quantize(model, "w4a16-gptq", calibration=...)``);
+The ``gptq`` and ``awq`` presets need calibration data (``polyquant.quantize(model, "w4a16-gptq", calibration=...)``);
 the ``hqq`` presets need none. HQQ's groups are smaller than GPTQ's (its defaults: 64, and 16 at 2 bits)
 because it has no error feedback to compensate a coarse range.
 
@@ -112,6 +113,12 @@ def builtin_presets() -> list[RecipePreset]:
                 method="gptq",
             )
             for bits, group in ((4, 128), (3, 128), (2, 64))
+        ),
+        _preset(
+            "w4a16-awq",
+            "int4 weights in groups of 128 (asymmetric) by AWQ (scale + clip search); needs calibration data",
+            {"format": "int4", "group_size": 128, "symmetric": False},
+            method="awq",
         ),
         *(
             _preset(
