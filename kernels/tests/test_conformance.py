@@ -52,6 +52,7 @@ WEIGHT_OPTIONS: tuple[dict[str, Any], ...] = (
     {"group_size": 32},
     {"group_size": 128},
     {"group_size": 64, "symmetric": False},
+    {"group_size": 0, "symmetric": True},  # per channel, symmetric: the int8 engine's layout (W8A8, W4A8)
 )
 #: Activation settings tried for every linear/conv kernel: weight-only, dynamic per token, static per tensor.
 ACTIVATIONS: tuple[tuple[ActivationSpec | None, float | None], ...] = (

@@ -275,7 +275,8 @@ INT8PACK_KERNEL = KernelSpec(
 W8A8_KERNEL = KernelSpec(
     op="linear",
     name="cpu_w8a8_intmm",
-    formats=("int8",),
+    # Narrower symmetric integers (W4A8, ...) run on the same int8 engine: their codes widen to int8 once.
+    formats=("int8", "int7", "int6", "int5", "int4", "int3", "int2"),
     device="cpu",
     backend="aten",
     fn=linear_w8a8,
