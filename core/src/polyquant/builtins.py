@@ -1,7 +1,7 @@
 """The core's own plugin (name ``core``).
 
-Built-in formats, quantizers, reference kernels, recipes, the generic adapter, calibration sources and
-evaluators are registered through exactly the hooks a third-party plugin uses, so the core has no
+Built-in formats, quantizers, reference kernels, recipes, the generic adapter, calibration sources,
+evaluators and KV-cache formats are registered through exactly the hooks a third-party plugin uses, so the core has no
 private registration path.
 """
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         CalibrationSourceInfo,
         EvaluatorInfo,
         KernelSpec,
+        KVCacheFormatInfo,
         QuantizerInfo,
         RecipePreset,
     )
@@ -78,3 +79,11 @@ def polyquant_register_recipes() -> Iterable[RecipePreset]:
     from polyquant.recipes.presets import builtin_presets
 
     return builtin_presets()
+
+
+@hookimpl
+def polyquant_register_kv_formats() -> Iterable[KVCacheFormatInfo]:
+    """The built-in KV-cache formats (FP8, integer, KIVI, TurboQuant; see :mod:`polyquant.kvcache`)."""
+    from polyquant.kvcache.registry import builtin_kv_formats
+
+    return builtin_kv_formats()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         CommandGroup,
         EvaluatorInfo,
         KernelSpec,
+        KVCacheFormatInfo,
         QuantizerInfo,
         RecipePreset,
     )
@@ -85,4 +86,10 @@ def polyquant_register_recipes() -> Iterable[RecipePreset]:
 @hookspec
 def polyquant_register_commands() -> Iterable[CommandGroup]:
     """CLI command groups mounted as ``polyquant <name> ...``."""
+    raise NotImplementedError  # pragma: no cover - specification only
+
+
+@hookspec
+def polyquant_register_kv_formats() -> Iterable[KVCacheFormatInfo]:
+    """KV-cache formats (``turbo3-prod``, ``kivi2``, ``fp8_e4m3``, ...) for :func:`polyquant.kvcache.get`."""
     raise NotImplementedError  # pragma: no cover - specification only

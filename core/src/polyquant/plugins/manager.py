@@ -1,7 +1,7 @@
 """The plugin manager: loads plugins in isolation and exposes typed registries.
 
 Core code never calls ``pm.hook.*`` itself; it asks this facade (``get_formats()``,
-``get_kernels(op)``, ...). Loading rules:
+``get_kernels(op)``, ``get_kv_formats()``, ...). Loading rules:
 
 * Built-ins (:mod:`polyquant.builtins`, plugin name ``core``) load first, then entry points of group
   ``polyquant`` sorted by name, then plugins registered at run time, in registration order.
@@ -47,6 +47,7 @@ from polyquant.plugins.records import (
     CommandGroup,
     EvaluatorInfo,
     KernelSpec,
+    KVCacheFormatInfo,
     QuantizerInfo,
     RecipePreset,
 )
@@ -76,6 +77,7 @@ def _record_types() -> dict[str, type]:
         "evaluator": EvaluatorInfo,
         "recipe": RecipePreset,
         "command": CommandGroup,
+        "kv_format": KVCacheFormatInfo,
     }
 
 
@@ -417,6 +419,10 @@ class PluginManager:
     def get_commands(self) -> Mapping[str, CommandGroup]:
         """Registered CLI command groups by name."""
         return dict(self._registry("command"))
+
+    def get_kv_formats(self) -> Mapping[str, KVCacheFormatInfo]:
+        """Registered KV-cache formats by name."""
+        return dict(self._registry("kv_format"))
 
 
 def _describe(exc: BaseException, context: str) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "CalibrationSourceInfo",
     "CommandGroup",
     "EvaluatorInfo",
+    "KVCacheFormatInfo",
     "KernelContext",
     "KernelSpec",
     "ModelAdapter",
@@ -257,6 +258,27 @@ class RecipePreset:
 
 
 @dataclass(frozen=True)
+class KVCacheFormatInfo:
+    """A named KV-cache format (``turbo3-prod``, ``kivi2``, ``fp8_e4m3``, ...).
+
+    Attributes:
+        name: registry key used by :func:`polyquant.kvcache.get` and by recipes' ``kv_cache.format``.
+        factory: called with the format's options as keyword arguments (``residual_length=64``, ...);
+            returns a :class:`polyquant.kvcache.KVFormat`.
+        description: one line.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+        if not callable(self.factory):
+            raise TypeError(f"KVCacheFormatInfo {self.name!r}: factory must be callable")
+
+
+@dataclass(frozen=True)
 class CommandGroup:
     """A CLI command (usually a ``click.Group``) mounted as ``polyquant <name>``.
 
@@ -288,4 +310,5 @@ RECORD_KINDS: dict[str, str] = {
     "evaluator": "polyquant_register_evaluators",
     "recipe": "polyquant_register_recipes",
     "command": "polyquant_register_commands",
+    "kv_format": "polyquant_register_kv_formats",
 }

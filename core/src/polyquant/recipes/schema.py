@@ -67,17 +67,27 @@ __all__ = [
 #: Module types a recipe can quantize (``Recipe.modules``).
 MODULE_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d", "Embedding")
 
-#: KV-cache formats a recipe may name (stored for runtime integrations; not applied by ``quantize``).
+#: The core's built-in KV-cache formats (:mod:`polyquant.kvcache`). ``kv_cache.format`` is validated against
+#: the KV-format registry, so formats that plugins register through ``polyquant_register_kv_formats`` are
+#: accepted too; this tuple only names the built-ins.
 KV_CACHE_FORMATS: tuple[str, ...] = (
     "fp8_e4m3",
+    "fp8_e4m3-tensor",
     "fp8_e5m2",
-    "int8",
-    "int4",
     "int2",
-    "nvfp4",
-    "kivi",
-    "turboquant",
-    "qjl",
+    "int4",
+    "int8",
+    "kivi2",
+    "kivi4",
+    "turbo1",
+    "turbo2",
+    "turbo2-prod",
+    "turbo2.5",
+    "turbo3",
+    "turbo3-prod",
+    "turbo3.5",
+    "turbo4",
+    "turbo4-prod",
 )
 
 _RECIPE_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
@@ -124,6 +134,12 @@ def _known_formats() -> list[str]:
     from polyquant.plugins import get_plugin_manager
 
     return sorted(get_plugin_manager().get_formats())
+
+
+def _known_kv_formats() -> list[str]:
+    from polyquant.plugins import get_plugin_manager
+
+    return sorted(get_plugin_manager().get_kv_formats())
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -229,8 +245,10 @@ class KVCacheConfig:
     integrations and KV-cache plugins read it from the recipe.
 
     Attributes:
-        format: one of :data:`KV_CACHE_FORMATS`.
-        options: format-specific scalar options (``group_size``, ``residual_length``, ``bits``, ...).
+        format: a registered KV-cache format (:func:`polyquant.kvcache.available`; the built-ins are
+            :data:`KV_CACHE_FORMATS`).
+        options: format-specific scalar options (``group_size``, ``residual_length``, ``seed``, ...), the
+            keyword arguments of :func:`polyquant.kvcache.get`.
 
     Example:
         >>> KVCacheConfig("fp8_e4m3").format
@@ -241,10 +259,9 @@ class KVCacheConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.format not in KV_CACHE_FORMATS:
-            raise RecipeError(
-                f"kv_cache.format: {self.format!r} is not supported; allowed: {', '.join(KV_CACHE_FORMATS)}"
-            )
+        known = _known_kv_formats()
+        if not isinstance(self.format, str) or self.format not in known:
+            raise RecipeError(f"kv_cache.format: {self.format!r} is not supported; allowed: {', '.join(known)}")
         options = _expect_mapping(self.options, "kv_cache.options")
         for key, value in options.items():
             if not isinstance(key, str) or not isinstance(value, (bool, int, float, str)):
@@ -265,7 +282,7 @@ class KVCacheConfig:
         data = _expect_mapping(data, "kv_cache")
         _check_keys(data, ["format", "options"], "kv_cache")
         if "format" not in data:
-            raise RecipeError(f"kv_cache.format: missing; allowed: {', '.join(KV_CACHE_FORMATS)}")
+            raise RecipeError(f"kv_cache.format: missing; allowed: {', '.join(_known_kv_formats())}")
         return cls(format=data["format"], options=data.get("options") or {})
 
 
