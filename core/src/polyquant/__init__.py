@@ -70,6 +70,6 @@ def __getattr__(name: str) -> Any:
     """Import heavy submodules on first use so ``import polyquant`` stays cheap."""
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in ("formats", "kernels", "plugins", "nn", "quantizers", "recipes", "packing"):
+    if name in ("formats", "kernels", "plugins", "nn", "quantizers", "recipes", "packing", "kvcache", "transforms"):
         return importlib.import_module(f"polyquant.{name}")
     raise AttributeError(f"module 'polyquant' has no attribute {name!r}")
