@@ -283,8 +283,10 @@ def test_unquantizable_modules_are_skipped_with_a_warning_or_raise_when_strict()
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(RecipeError, match="transforms: hadamard requested"):
-        polyquant.quantize(_mlp(), {"weights": "int8", "transforms": ["hadamard"]}, progress=False)
+    with pytest.raises(
+        RecipeError, match=r"transforms: 'rotate13' is not a registered transform; allowed: .*smoothquant"
+    ):
+        polyquant.quantize(_mlp(), {"weights": "int8", "transforms": ["rotate13"]}, progress=False)
     with pytest.raises(RecipeError, match="adapter: 'llm' is not registered"):
         polyquant.quantize(_mlp(), "w8a16", adapter="llm", progress=False)
     with pytest.raises(RecipeError, match="unknown recipe 'w9a9'"):

@@ -147,3 +147,38 @@ def test_errors_restore_the_weights() -> None:
         smooth_model(bad, [NormGroup("0", ("1",))], collect_input_absmax(bad, ["1"], [x]), check_input=x)
     assert torch.equal(bad[0].weight, torch.ones(8)), "restored after the failed check"
     assert all(torch.equal(a, b) for a, b in zip(original, model.parameters(), strict=True))
+
+
+def test_smoothquant_recipe_transform_and_preset() -> None:
+    model = _llama()
+    ids = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = model(ids).logits
+
+    def error(recipe: object) -> tuple[float, tuple[str, ...]]:
+        qmodel, report = polyquant.quantize(
+            model, recipe, calibration={"input_ids": ids}, inplace=False, progress=False
+        )  # type: ignore[arg-type]
+        with torch.no_grad():
+            return float((qmodel(ids).logits - reference).norm() / reference.norm()), report.summary.notes
+
+    plain, _ = error("w8a8")
+    smoothed, notes = error("w8a8-smoothquant")
+    assert smoothed < 0.8 * plain, (smoothed, plain)
+    assert notes == ("smoothquant: smoothed 4 norm → linear group(s) with alpha 0.5",)
+    custom = polyquant.recipes.resolve(
+        {"weights": {"format": "int8", "group_size": 0}, "transforms": [{"smoothquant": {"alpha": 0.85}}]}
+    )
+    assert custom.transforms == ("smoothquant",) and custom.transform_args == {"smoothquant": {"alpha": 0.85}}
+    assert polyquant.recipes.resolve(custom.to_dict()) == custom
+    assert error(custom)[1] == ("smoothquant: smoothed 4 norm → linear group(s) with alpha 0.85",)
+    with pytest.raises(CalibrationError, match="transforms smoothquant need calibration data"):
+        polyquant.quantize(model, "w8a8-smoothquant", inplace=False, progress=False)
+    with pytest.raises(RecipeError, match="alpha"):
+        polyquant.quantize(
+            model, {"weights": "int8", "transforms": [{"smoothquant": {"alpha": 2}}]}, calibration={"input_ids": ids}
+        )
+    with pytest.raises(RecipeError, match="does not accept the arguments"):
+        polyquant.quantize(
+            model, {"weights": "int8", "transforms": [{"smoothquant": {"beta": 2}}]}, calibration={"input_ids": ids}
+        )

@@ -124,11 +124,7 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize() needs an nn.Module, got {type(model).__name__}")
     recipe = resolve(recipe)
-    if recipe.transforms:
-        raise RecipeError(
-            f"transforms: {', '.join(recipe.transforms)} requested, but polyquant.quantize() does not apply model "
-            "transforms yet; remove 'transforms' from the recipe or use a plugin command that applies them"
-        )
+    transforms = _make_transforms(recipe)
     chosen = select_adapter(model, adapter)
     quantizer = make_quantizer(recipe.method, recipe.method_args)
     if not inplace:
@@ -137,7 +133,7 @@ def quantize(
     original_bytes = _model_bytes(model)
 
     targets, skipped = _plan(model, recipe, chosen)
-    _check_calibration_needs(targets, quantizer, calibration)
+    _check_calibration_needs(targets, quantizer, recipe, calibration)
 
     rows: dict[int, ModuleReport] = {}  # by position in `targets`, so the report keeps the model's order
     failures: list[SkippedModule] = []
@@ -176,10 +172,12 @@ def quantize(
         from polyquant.calibration import iter_batches
 
         calibration = list(iter_batches(calibration))  # read several times below: materialize once
-        if isinstance(quantizer, ModelPreparer) and targets:
+        preparers = [*transforms, *([quantizer] if isinstance(quantizer, ModelPreparer) else [])]
+        if preparers and targets:
             plan = {t.name: t.weights.to_spec() for t in targets}
             with _EvalMode(model):
-                prepared = list(quantizer.prepare_model(model, calibration, plan))
+                for preparer in preparers:
+                    prepared += list(preparer.prepare_model(model, calibration, plan))
         _prepare(targets, need_stats=quantizer.needs_calibration)
         use_blocks = quantizer.needs_calibration if sequential is None else sequential
         blocks = _chained_blocks(model, chosen, calibration) if use_blocks and targets else None
@@ -257,7 +255,24 @@ def _plan(model: nn.Module, recipe: Recipe, adapter: ModelAdapter) -> tuple[list
     return targets, skipped
 
 
-def _check_calibration_needs(targets: list[_Target], quantizer: Quantizer, calibration: Any) -> None:
+def _make_transforms(recipe: Recipe) -> list[ModelPreparer]:
+    """Build the recipe's transforms from the registry (names were validated by the recipe)."""
+    from polyquant.plugins import get_plugin_manager
+
+    known = get_plugin_manager().get_transforms()
+    built: list[ModelPreparer] = []
+    for name in recipe.transforms:
+        info = known[name]
+        args = dict(recipe.transform_args.get(name, {}))
+        try:
+            transform = info.factory(**args)
+        except TypeError as exc:
+            raise RecipeError(f"transforms: {name} does not accept the arguments {sorted(args)}: {exc}") from None
+        built.append(transform)
+    return built
+
+
+def _check_calibration_needs(targets: list[_Target], quantizer: Quantizer, recipe: Recipe, calibration: Any) -> None:
     if calibration is not None:
         return
     static = [t.name for t in targets if t.act is not None and not t.act.dynamic]
@@ -269,7 +284,17 @@ def _check_calibration_needs(targets: list[_Target], quantizer: Quantizer, calib
         )
     if quantizer.needs_calibration and targets:
         raise CalibrationError(
-            f"method {quantizer.name!r} needs calibration data; pass calibration=<inputs> or use method 'rtn' or 'mse'"
+            f"method {quantizer.name!r} needs calibration data; pass calibration=<inputs> (CLI: --calib SOURCE:ARG) "
+            "or use method 'rtn' or 'mse'"
+        )
+    from polyquant.plugins import get_plugin_manager
+
+    known = get_plugin_manager().get_transforms()
+    needing = [name for name in recipe.transforms if known[name].needs_calibration]
+    if needing and targets:
+        raise CalibrationError(
+            f"transforms {', '.join(needing)} need calibration data; "
+            "pass calibration=<inputs> (CLI: --calib SOURCE:ARG)"
         )
 
 

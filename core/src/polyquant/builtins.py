@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         KVCacheFormatInfo,
         QuantizerInfo,
         RecipePreset,
+        TransformInfo,
     )
 
 
@@ -79,6 +80,14 @@ def polyquant_register_recipes() -> Iterable[RecipePreset]:
     from polyquant.recipes.presets import builtin_presets
 
     return builtin_presets()
+
+
+@hookimpl
+def polyquant_register_transforms() -> Iterable[TransformInfo]:
+    """The built-in model transforms (``smoothquant``)."""
+    from polyquant.smoothing import builtin_transforms
+
+    return builtin_transforms()
 
 
 @hookimpl

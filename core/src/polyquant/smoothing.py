@@ -39,9 +39,12 @@ from torch import Tensor, nn
 
 from polyquant.calibration import ModelInput, run_model
 from polyquant.errors import CalibrationError, RecipeError
+from polyquant.plugins.records import TransformInfo
 
 __all__ = [
     "NormGroup",
+    "SmoothQuantTransform",
+    "builtin_transforms",
     "collect_input_absmax",
     "collect_inputs",
     "find_norm_groups",
@@ -300,3 +303,46 @@ def _output(model: nn.Module, sample: ModelInput) -> Tensor:
     if not isinstance(out, Tensor):
         raise TypeError(f"cannot compare model outputs of type {type(out).__name__}")
     return out.float()
+
+
+class SmoothQuantTransform:
+    """The ``smoothquant`` recipe transform: fold SmoothQuant scales into every norm → planned linears group.
+
+    Args:
+        alpha: migration strength in ``[0, 1]`` (0.5; 0.85 for Llama-2/3, 0.8 for Mistral/Mixtral).
+
+    Example:
+        >>> SmoothQuantTransform(alpha=0.85).alpha
+        0.85
+    """
+
+    name = "smoothquant"
+
+    def __init__(self, alpha: float = 0.5) -> None:
+        self.alpha = _check_alpha(alpha)
+
+    def prepare_model(self, model: nn.Module, calibration: Sequence[ModelInput], plan: Mapping[str, Any]) -> list[str]:
+        """Smooth the groups whose linears are all planned; returns a note for the report."""
+        if not calibration:
+            raise CalibrationError("smoothquant needs calibration data to measure activation ranges")
+        groups = [g for g in find_norm_groups(model, calibration[0]) if all(n in plan for n in g.linears)]
+        if not groups:
+            return ["smoothquant: no normalization layer feeds planned linears directly; nothing was smoothed"]
+        absmax = collect_input_absmax(model, [g.linears[0] for g in groups], calibration)
+        done = smooth_model(model, groups, absmax, alpha=self.alpha, check_input=calibration[0])
+        return [f"smoothquant: smoothed {len(done)} norm → linear group(s) with alpha {self.alpha:g}"]
+
+    def __repr__(self) -> str:
+        return f"SmoothQuantTransform(alpha={self.alpha})"
+
+
+def builtin_transforms() -> list[TransformInfo]:
+    """The core's transforms, registered by :mod:`polyquant.builtins`."""
+    return [
+        TransformInfo(
+            "smoothquant",
+            SmoothQuantTransform,
+            "migrate activation outliers into the weights through the norms (args: alpha)",
+            needs_calibration=True,
+        )
+    ]

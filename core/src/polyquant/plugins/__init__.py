@@ -22,6 +22,7 @@ from polyquant.plugins.records import (
     ModelAdapter,
     QuantizerInfo,
     RecipePreset,
+    TransformInfo,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "PluginManager",
     "QuantizerInfo",
     "RecipePreset",
+    "TransformInfo",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",

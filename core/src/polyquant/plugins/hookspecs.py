@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         KVCacheFormatInfo,
         QuantizerInfo,
         RecipePreset,
+        TransformInfo,
     )
 
 PROJECT = "polyquant"
@@ -86,6 +87,12 @@ def polyquant_register_recipes() -> Iterable[RecipePreset]:
 @hookspec
 def polyquant_register_commands() -> Iterable[CommandGroup]:
     """CLI command groups mounted as ``polyquant <name> ...``."""
+    raise NotImplementedError  # pragma: no cover - specification only
+
+
+@hookspec
+def polyquant_register_transforms() -> Iterable[TransformInfo]:
+    """Model transforms (``smoothquant``, ``hadamard``, ...) that recipes name in ``transforms``."""
     raise NotImplementedError  # pragma: no cover - specification only
 
 

@@ -50,6 +50,7 @@ from polyquant.plugins.records import (
     KVCacheFormatInfo,
     QuantizerInfo,
     RecipePreset,
+    TransformInfo,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ def _record_types() -> dict[str, type]:
         "recipe": RecipePreset,
         "command": CommandGroup,
         "kv_format": KVCacheFormatInfo,
+        "transform": TransformInfo,
     }
 
 
@@ -423,6 +425,10 @@ class PluginManager:
     def get_kv_formats(self) -> Mapping[str, KVCacheFormatInfo]:
         """Registered KV-cache formats by name."""
         return dict(self._registry("kv_format"))
+
+    def get_transforms(self) -> Mapping[str, TransformInfo]:
+        """Registered model transforms by name."""
+        return dict(self._registry("transform"))
 
 
 def _describe(exc: BaseException, context: str) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "ModelAdapter",
     "QuantizerInfo",
     "RecipePreset",
+    "TransformInfo",
 ]
 
 #: The ops kernels can implement. Each has a pure-PyTorch reference in :mod:`polyquant.kernels.ops`.
@@ -279,6 +280,30 @@ class KVCacheFormatInfo:
 
 
 @dataclass(frozen=True)
+class TransformInfo:
+    """A function-preserving model transform applied before quantization (``smoothquant``, ``hadamard``).
+
+    Attributes:
+        name: registry key used in recipes' ``transforms``.
+        factory: called with the recipe's arguments for this transform as keyword arguments; returns an
+            object with ``prepare_model(model, calibration, plan) -> notes``
+            (:class:`polyquant.quantizers.protocol.ModelPreparer`).
+        description: one line.
+        needs_calibration: whether the transform needs calibration data.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    needs_calibration: bool = False
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+        if not callable(self.factory):
+            raise TypeError(f"TransformInfo {self.name!r}: factory must be callable")
+
+
+@dataclass(frozen=True)
 class CommandGroup:
     """A CLI command (usually a ``click.Group``) mounted as ``polyquant <name>``.
 
@@ -311,4 +336,5 @@ RECORD_KINDS: dict[str, str] = {
     "recipe": "polyquant_register_recipes",
     "command": "polyquant_register_commands",
     "kv_format": "polyquant_register_kv_formats",
+    "transform": "polyquant_register_transforms",
 }

@@ -19,6 +19,7 @@ preset          weights                                                        m
 ``mxfp4``       MXFP4 (E2M1, E8M0 scale per 32)                                rtn
 ``nf4``         NF4 (bitsandbytes levels, absmax per 64)                       rtn
 ``ternary``     ternary {-1, 0, 1} × absmean scale (BitNet b1.58)              rtn
+``w8a8-smoothquant`` SmoothQuant α 0.5, then ``w8a8`` (needs calibration data)     rtn
 ``w4a8``        int4 symmetric per channel + int8 activations per token (dyn.)  mse
 ``w4a16-gptq``  int4, asymmetric, groups of 128                                gptq
 ``w3a16-gptq``  int3, asymmetric, groups of 128                                gptq
@@ -106,6 +107,13 @@ def builtin_presets() -> list[RecipePreset]:
         _preset("mxfp4", "MXFP4 weights (E2M1, E8M0 scale per 32)", {"format": "mxfp4"}),
         _preset("nf4", "NF4 weights (absmax per 64), 16-bit activations", {"format": "nf4"}),
         _preset("ternary", "ternary weights {-1, 0, 1} with an absmean scale (BitNet b1.58)", {"format": "ternary"}),
+        _preset(
+            "w8a8-smoothquant",
+            "SmoothQuant (alpha 0.5) then int8 weights per channel, int8 activations per token (dynamic)",
+            {"format": "int8", "group_size": 0, "symmetric": True},
+            activations=_INT8_TOKEN,
+            transforms=["smoothquant"],
+        ),
         _preset(
             "w4a8",
             "int4 weights per channel (symmetric, MSE clipping), int8 activations per token (dynamic)",

@@ -136,6 +136,26 @@ def _known_formats() -> list[str]:
     return sorted(get_plugin_manager().get_formats())
 
 
+def _parse_transforms(raw: Any) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+    """``["hadamard", {"smoothquant": {"alpha": 0.8}}]`` → names and per-name arguments."""
+    if isinstance(raw, str) or not isinstance(raw, Sequence):
+        raise RecipeError(f"transforms: expected a list of names, got {raw!r:.60}")
+    names: list[str] = []
+    args: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(raw):
+        if isinstance(entry, str):
+            names.append(entry)
+        elif isinstance(entry, Mapping) and len(entry) == 1:
+            ((name, options),) = entry.items()
+            if not isinstance(name, str) or not isinstance(options, Mapping):
+                raise RecipeError(f"transforms[{i}]: expected {{name: {{arg: value}}}}, got {entry!r:.60}")
+            names.append(name)
+            args[name] = dict(options)
+        else:
+            raise RecipeError(f"transforms[{i}]: expected a name or {{name: {{arg: value}}}}, got {entry!r:.60}")
+    return tuple(names), args
+
+
 def _known_kv_formats() -> list[str]:
     from polyquant.plugins import get_plugin_manager
 
@@ -370,7 +390,9 @@ class Recipe:
         kv_cache: KV-cache settings, recorded for runtimes (not applied by :func:`polyquant.quantize`).
         method: a registered quantizer (``rtn``, ``mse``, plugins add more).
         method_args: keyword arguments for the quantizer's factory.
-        transforms: names of model transforms (rotations, smoothing) provided by plugins.
+        transforms: names of model transforms (rotations, smoothing), applied in order before quantization;
+            in a mapping a list entry may also be ``{name: {arg: value}}`` to pass arguments.
+        transform_args: the arguments of each transform by name (filled from such entries).
         include: module-name patterns considered for quantization.
         exclude: module-name patterns kept in high precision.
         overrides: per-module exceptions, applied in order.
@@ -391,6 +413,7 @@ class Recipe:
     method: str = "rtn"
     method_args: Mapping[str, Any] = field(default_factory=dict)
     transforms: tuple[str, ...] = ()
+    transform_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     overrides: tuple[Override, ...] = ()
@@ -411,6 +434,17 @@ class Recipe:
             raise RecipeError(f"kv_cache: expected a KVCacheConfig or null, got {type(self.kv_cache).__name__}")
         for attr in ("transforms", "include", "exclude", "modules"):
             object.__setattr__(self, attr, _str_tuple(getattr(self, attr), attr))
+        from polyquant.plugins import get_plugin_manager
+
+        known = get_plugin_manager().get_transforms()
+        for name in self.transforms:
+            if name not in known:
+                raise RecipeError(
+                    f"transforms: {name!r} is not a registered transform; allowed: {', '.join(sorted(known)) or 'none'}"
+                )
+        stray = sorted(set(self.transform_args) - set(self.transforms))
+        if stray:
+            raise RecipeError(f"transforms: arguments given for {', '.join(stray)}, which is not in the list")
         for attr in ("include", "exclude"):
             for i, pattern in enumerate(getattr(self, attr)):
                 try:
@@ -441,7 +475,10 @@ class Recipe:
             "kv_cache": None if self.kv_cache is None else self.kv_cache.to_dict(),
             "method": self.method,
             "method_args": dict(self.method_args),
-            "transforms": list(self.transforms),
+            "transforms": [
+                {name: dict(self.transform_args[name])} if self.transform_args.get(name) else name
+                for name in self.transforms
+            ],
             "include": list(self.include),
             "exclude": list(self.exclude),
             "overrides": [o.to_dict() for o in self.overrides],
@@ -493,9 +530,11 @@ class Recipe:
             "name": data.get("name") or name or "",
             "description": data.get("description") or description or "",
         }
-        for key in ("method", "method_args", "transforms", "include", "exclude", "modules", "adapter_excludes"):
+        for key in ("method", "method_args", "include", "exclude", "modules", "adapter_excludes"):
             if data.get(key) is not None:
                 kwargs[key] = data[key]
+        if data.get("transforms") is not None:
+            kwargs["transforms"], kwargs["transform_args"] = _parse_transforms(data["transforms"])
         return cls(**kwargs)
 
     @classmethod
