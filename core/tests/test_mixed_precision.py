@@ -77,3 +77,29 @@ def test_errors_and_report() -> None:
     text = allocate(table, 4.0).to_markdown(table)
     assert "| l0 |" in text and "bits/weight" in text
     assert isinstance(table["l0"][0], Candidate) and table["l0"][0].params == 32 * 64
+
+
+def test_mixed_method_allocates_per_layer_and_reports_it() -> None:
+    transformers = pytest.importorskip("transformers")
+    import polyquant
+
+    config = transformers.LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    calib = {"input_ids": torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(1))}
+    recipe = {**polyquant.recipes.resolve("mixed-3.5").to_dict(), "method_args": {"budget": 3.0, "method": "rtn"}}
+    _, report = polyquant.quantize(model, recipe, calibration=calib, inplace=False, progress=False)
+    assert report.summary.avg_bits_per_weight <= 3.0 + 1e-9
+    assert len({row.format for row in report.rows}) >= 2, "the layers got different widths"
+    assert any(note.startswith("mixed precision: ") for note in report.summary.notes)
+    with pytest.raises(polyquant.RecipeError, match="budget"):
+        polyquant.quantize(model, {**recipe, "method_args": {"budget": 0}}, calibration=calib, progress=False)
+    with pytest.raises(polyquant.RecipeError, match="bits"):
+        polyquant.quantize(model, {**recipe, "method_args": {"budget": 3, "bits": [9]}}, calibration=calib)

@@ -45,6 +45,7 @@ from polyquant.activations import ActivationSpec
 from polyquant.adapters import select_adapter
 from polyquant.calibration import check_finite
 from polyquant.errors import CalibrationError, FormatError, KernelError, PolyquantError, RecipeError
+from polyquant.formats.spec import FormatSpec
 from polyquant.nn import QUANTIZED_TYPES, QuantizedModule, quantize_module
 from polyquant.plugins.records import ModelAdapter
 from polyquant.quantizers.gptq import QuantizationFallbackWarning
@@ -79,6 +80,7 @@ class _Target:
     inputs: list[Tensor] = field(default_factory=list)
     captured: int = 0
     calls: int = 0  # forward calls observed during calibration (named in NaN/Inf errors)
+    spec: FormatSpec | None = None  # the format chosen by a model preparer, overriding `weights`
 
 
 # ------------------------------------------------------------------------------------------------ api
@@ -178,6 +180,8 @@ def quantize(
             with _EvalMode(model):
                 for preparer in preparers:
                     prepared += list(preparer.prepare_model(model, calibration, plan))
+            for target in targets:  # a preparer may have changed formats (mixed precision)
+                target.spec = plan.get(target.name)
         _prepare(targets, need_stats=quantizer.needs_calibration)
         use_blocks = quantizer.needs_calibration if sequential is None else sequential
         blocks = _chained_blocks(model, chosen, calibration) if use_blocks and targets else None
@@ -448,7 +452,7 @@ def _quantize_target(target: _Target, quantizer: Quantizer) -> QuantizedModule:
         assert target.act is not None
         act_scale = target.observer.scale(target.act.format)
     stats = target.stats.as_dict() if target.stats is not None else None
-    spec = target.weights.to_spec()
+    spec = target.spec if target.spec is not None else target.weights.to_spec()
     return quantize_module(target.module, spec, quantizer=quantizer, act=target.act, act_scale=act_scale, stats=stats)
 
 

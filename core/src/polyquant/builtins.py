@@ -37,9 +37,10 @@ def polyquant_register_formats() -> Iterable[FormatSpec]:
 @hookimpl
 def polyquant_register_quantizers() -> Iterable[QuantizerInfo]:
     """The built-in quantizers (RTN and MSE clipping search) and activation observers."""
+    from polyquant.mixed_precision import mixed_quantizer_info
     from polyquant.quantizers import builtin_quantizers
 
-    return builtin_quantizers()
+    return [*builtin_quantizers(), mixed_quantizer_info()]
 
 
 @hookimpl

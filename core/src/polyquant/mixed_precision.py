@@ -18,6 +18,10 @@ solvers:
 * ``exact``: a multiple-choice knapsack by dynamic programming over the bit budget, discretized to
   ``resolution`` bits (integer programming without a solver dependency).
 
+As a recipe method, ``mixed`` (:class:`MixedPrecisionQuantizer`) measures the Hessians on the calibration
+data, allocates integer widths to the planned layers under ``budget`` and rounds each with an inner method
+(GPTQ by default); the report's rows show each layer's format.
+
 Example:
     >>> import torch
     >>> layers = {"a": torch.randn(64, 128), "b": 0.01 * torch.randn(64, 128)}
@@ -32,15 +36,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from polyquant import formats
 from polyquant.errors import RecipeError
 from polyquant.formats.spec import FormatSpec
+from polyquant.plugins.records import QuantizerInfo
 
-__all__ = ["Allocation", "Candidate", "allocate", "sensitivities"]
+__all__ = ["Allocation", "Candidate", "MixedPrecisionQuantizer", "allocate", "mixed_quantizer_info", "sensitivities"]
 
 
 @dataclass(frozen=True)
@@ -222,3 +228,105 @@ def _exact(table: Mapping[str, Sequence[Candidate]], limit: float, resolution: f
         chosen[names[layer]] = cand
         end -= math.ceil(cand.bits / unit - 1e-9)
     return {name: chosen[name] for name in names}
+
+
+class MixedPrecisionQuantizer:
+    """The ``mixed`` method: per-layer integer widths under a bits-per-weight budget, then an inner method.
+
+    Args:
+        budget: average bits per weight over the quantized layers, scales included (e.g. 3.5).
+        bits: candidate integer widths (asymmetric, groups of ``group_size``).
+        group_size: group size of every candidate (0: per channel).
+        solver: ``"greedy"`` or ``"exact"`` (see :func:`allocate`).
+        method: the quantizer that rounds each layer once its format is chosen (``gptq``, ``rtn``, ...).
+        method_args: arguments of that quantizer.
+
+    Example:
+        >>> MixedPrecisionQuantizer(budget=3.5).needs_calibration
+        True
+    """
+
+    name = "mixed"
+    needs_calibration = True
+
+    def __init__(
+        self,
+        budget: float,
+        bits: Sequence[int] = (2, 3, 4, 8),
+        group_size: int = 64,
+        solver: str = "greedy",
+        method: str = "gptq",
+        method_args: Mapping[str, object] | None = None,
+    ) -> None:
+        from polyquant.quantizers.protocol import make_quantizer
+
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 1 <= float(budget) <= 32:
+            raise RecipeError(f"budget: {budget!r} is invalid; use average bits per weight such as 3.5")
+        if not bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8 for b in bits):
+            raise RecipeError(f"bits: {bits!r} is invalid; use integer widths in 1..8 such as [2, 3, 4, 8]")
+        if solver not in ("greedy", "exact"):
+            raise RecipeError(f"solver: {solver!r} is invalid; use 'greedy' or 'exact'")
+        if method == "mixed":
+            raise RecipeError("method: 'mixed' cannot round its own layers; use gptq, rtn, mse, hqq or awq")
+        self.budget, self.bits, self.solver = float(budget), tuple(sorted(set(bits))), solver
+        self.candidates = [
+            formats.get(f"int{b}").with_options(group_size=group_size, symmetric=False) for b in self.bits
+        ]
+        self.inner = make_quantizer(method, method_args)
+        self.allocation: Allocation | None = None
+
+    def prepare_model(self, model: nn.Module, calibration: Sequence[Any], plan: dict[str, FormatSpec]) -> list[str]:
+        """Collect Hessians of the planned linears, allocate widths, and write the formats into ``plan``."""
+        from polyquant.calibration import run_model
+        from polyquant.quantizers.stats import InputStats, input_rows
+
+        modules = dict(model.named_modules())
+        names = [n for n in plan if isinstance(modules.get(n), (nn.Linear, nn.Conv1d, nn.Conv2d))]
+        stats = {n: InputStats() for n in names}
+        handles = []
+        for name in names:
+
+            def hook(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+                rows = input_rows(module, args[0]) if args and isinstance(args[0], Tensor) else None
+                if rows is not None:
+                    stats[name].add(rows)
+
+            handles.append(modules[name].register_forward_pre_hook(hook))
+        try:
+            with torch.no_grad():
+                for sample in calibration:
+                    run_model(model, sample)
+        finally:
+            for handle in handles:
+                handle.remove()
+        weights = {n: modules[n].weight.detach().flatten(1) for n in names}
+        hessians = {n: d["hessian"] for n, s in stats.items() if (d := s.as_dict())}
+        table = sensitivities(weights, self.candidates, hessians=hessians)
+        self.allocation = allocate(table, self.budget, solver=self.solver)
+        by_name = {spec.name: spec for spec in self.candidates}
+        for name, fmt in self.allocation.choice.items():
+            plan[name] = by_name[fmt]
+        counts = {f: sum(1 for c in self.allocation.choice.values() if c == f) for f in by_name}
+        shown = ", ".join(f"{n}×{f}" for f, n in counts.items() if n)
+        return [
+            f"mixed precision: {self.allocation.bits_per_weight:.3f} bits/weight for budget {self.budget:g} "
+            f"({shown}; {self.solver}, Hessian-weighted)"
+        ]
+
+    def quantize_weight(self, weight: Tensor, spec: FormatSpec, *, stats: Mapping[str, Tensor] | None = None) -> Any:
+        """Round ``weight`` to its allocated ``spec`` with the inner method."""
+        return self.inner.quantize_weight(weight, spec, stats=stats)
+
+    def __repr__(self) -> str:
+        return f"MixedPrecisionQuantizer(budget={self.budget}, bits={self.bits}, inner={self.inner!r})"
+
+
+def mixed_quantizer_info() -> QuantizerInfo:
+    """The registry record of the ``mixed`` method (registered by :mod:`polyquant.builtins`)."""
+    return QuantizerInfo(
+        "mixed",
+        MixedPrecisionQuantizer,
+        "per-layer integer widths under a bits/weight budget, then an inner method "
+        "(args: budget, bits, group_size, solver, method, method_args)",
+        needs_calibration=True,
+    )

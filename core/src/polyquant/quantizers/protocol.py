@@ -91,7 +91,11 @@ class ModelPreparer(Protocol):
     def prepare_model(
         self, model: nn.Module, calibration: Sequence[ModelInput], plan: Mapping[str, FormatSpec]
     ) -> Sequence[str]:
-        """Rewrite ``model`` in place; ``plan`` maps planned module names to their formats. Returns report notes."""
+        """Rewrite ``model`` in place; return notes for the report.
+
+        ``plan`` maps the planned module names to their formats; a preparer may replace entries (mixed
+        precision assigns each module its own format), and those formats are used.
+        """
         ...
 
 

@@ -20,6 +20,7 @@ preset          weights                                                        m
 ``nf4``         NF4 (bitsandbytes levels, absmax per 64)                       rtn
 ``ternary``     ternary {-1, 0, 1} × absmean scale (BitNet b1.58)              rtn
 ``w8a8-smoothquant`` SmoothQuant α 0.5, then ``w8a8`` (needs calibration data)     rtn
+``mixed-3.5``   int2/3/4/8 per layer for 3.5 b/w (Hessian sensitivity), then GPTQ mixed
 ``w4a8``        int4 symmetric per channel + int8 activations per token (dyn.)  mse
 ``w4a16-gptq``  int4, asymmetric, groups of 128                                gptq
 ``w3a16-gptq``  int3, asymmetric, groups of 128                                gptq
@@ -113,6 +114,14 @@ def builtin_presets() -> list[RecipePreset]:
             {"format": "int8", "group_size": 0, "symmetric": True},
             activations=_INT8_TOKEN,
             transforms=["smoothquant"],
+        ),
+        _preset(
+            "mixed-3.5",
+            "int2/3/4/8 weights (groups of 64) allocated per layer for 3.5 bits/weight by Hessian sensitivity, "
+            "then GPTQ; needs calibration data (set method_args.budget for another budget)",
+            {"format": "int4", "group_size": 64, "symmetric": False},
+            method="mixed",
+            method_args={"budget": 3.5},
         ),
         _preset(
             "w4a8",
