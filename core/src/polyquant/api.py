@@ -133,6 +133,16 @@ def quantize(
         model = copy.deepcopy(model)
     total_params = sum(p.numel() for p in model.parameters())
     original_bytes = _model_bytes(model)
+    if calibration is not None:
+        from polyquant.calibration import iter_batches
+
+        calibration = list(iter_batches(calibration))  # read several times below: materialize once
+    prepared: list[str] = []  # what model-level preparation (rotation, smoothing, AWQ scaling, ...) did
+    early = [t for t in transforms if getattr(t, "before_planning", False)]  # they change the module tree
+    transforms = [t for t in transforms if not getattr(t, "before_planning", False)]
+    with _EvalMode(model):
+        for transform in early:
+            prepared += list(transform.prepare_model(model, calibration or [], {}))
 
     targets, skipped = _plan(model, recipe, chosen)
     _check_calibration_needs(targets, quantizer, recipe, calibration)
@@ -169,11 +179,7 @@ def quantize(
             target.module, target.inputs = qmodule, []  # release the original weight as we go
 
     remaining = targets
-    prepared: list[str] = []  # what model-level preparation (AWQ scaling, ...) did, for the report
     if calibration is not None:
-        from polyquant.calibration import iter_batches
-
-        calibration = list(iter_batches(calibration))  # read several times below: materialize once
         preparers = [*transforms, *([quantizer] if isinstance(quantizer, ModelPreparer) else [])]
         if preparers and targets:
             plan = {t.name: t.weights.to_spec() for t in targets}

@@ -85,10 +85,11 @@ def polyquant_register_recipes() -> Iterable[RecipePreset]:
 
 @hookimpl
 def polyquant_register_transforms() -> Iterable[TransformInfo]:
-    """The built-in model transforms (``smoothquant``)."""
+    """The built-in model transforms (``smoothquant``, ``hadamard``)."""
     from polyquant.smoothing import builtin_transforms
+    from polyquant.transforms.quarot import builtin_transforms as rotation_transforms
 
-    return builtin_transforms()
+    return [*builtin_transforms(), *rotation_transforms()]
 
 
 @hookimpl

@@ -25,6 +25,8 @@ preset          weights                                                        m
 ``w4a16-gptq``  int4, asymmetric, groups of 128                                gptq
 ``w3a16-gptq``  int3, asymmetric, groups of 128                                gptq
 ``w2a16-gptq``  int2, asymmetric, groups of 64                                 gptq
+``w4a16-hadamard-gptq`` QuaRot rotation, then ``w4a16-gptq``                      gptq
+``w2a16-hadamard-gptq`` QuaRot rotation, then int2 groups of 64 by GPTQ             gptq
 ``w4a16-awq``   int4, asymmetric, groups of 128                                awq
 ``w4a16-hqq``   int4, asymmetric, groups of 64                                 hqq
 ``w3a16-hqq``   int3, asymmetric, groups of 64                                 hqq
@@ -138,6 +140,17 @@ def builtin_presets() -> list[RecipePreset]:
                 method="gptq",
             )
             for bits, group in ((4, 128), (3, 128), (2, 64))
+        ),
+        *(
+            _preset(
+                f"w{bits}a16-hadamard-gptq",
+                f"QuaRot Hadamard rotation, then int{bits} weights in groups of {group} (asymmetric) by GPTQ; "
+                "needs calibration data and a Llama-family model",
+                {"format": f"int{bits}", "group_size": group, "symmetric": False},
+                method="gptq",
+                transforms=["hadamard"],
+            )
+            for bits, group in ((4, 128), (2, 64))
         ),
         _preset(
             "w4a16-awq",

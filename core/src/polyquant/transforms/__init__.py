@@ -8,6 +8,11 @@
 - :func:`rotation`, :func:`random_hadamard`, :func:`random_orthogonal`, :class:`RandomHadamard`,
   :class:`RandomOrthogonal`, :class:`Rotation`: seeded random rotations, see
   :mod:`polyquant.transforms.rotations`.
+- :func:`rotate_model`, :class:`RotationStructure`, :class:`BlockStructure`, :func:`llama_structure`,
+  :class:`QuaRotTransform`, :class:`RotationReport`, :class:`OnlineHadamard` and the single steps
+  (:func:`untie_embeddings`, :func:`fuse_norms`, :func:`rotate_residual`, :func:`rotate_vo`,
+  :func:`insert_online_hadamard`): QuaRot's function-preserving rotation of transformers, see
+  :mod:`polyquant.transforms.quarot`.
 
 Example:
     >>> import torch
@@ -28,7 +33,17 @@ from polyquant.transforms.constructions import (
     hadamard_matrix,
     hadamard_size_supported,
 )
+from polyquant.transforms.fusion import FusedNorm, fuse_norm, fuse_norms, untie_embeddings
 from polyquant.transforms.hadamard import compute_dtype, hadamard_transform
+from polyquant.transforms.online import OnlineHadamard, fold_online_hadamard, insert_online_hadamard
+from polyquant.transforms.quarot import (
+    OnlineSite,
+    QuaRotTransform,
+    RotationReport,
+    rotate_model,
+    rotate_residual,
+    rotate_vo,
+)
 from polyquant.transforms.rotations import (
     RandomHadamard,
     RandomOrthogonal,
@@ -38,21 +53,38 @@ from polyquant.transforms.rotations import (
     random_orthogonal,
     rotation,
 )
+from polyquant.transforms.structure import BlockStructure, RotationStructure, llama_structure
 
 __all__ = [
     "BASE_ORDERS",
     "MAX_BASE_ORDER",
+    "BlockStructure",
+    "FusedNorm",
+    "OnlineHadamard",
+    "OnlineSite",
+    "QuaRotTransform",
     "RandomHadamard",
     "RandomOrthogonal",
     "Rotation",
     "RotationKind",
+    "RotationReport",
+    "RotationStructure",
     "compute_dtype",
+    "fold_online_hadamard",
+    "fuse_norm",
+    "fuse_norms",
     "hadamard_construction",
     "hadamard_factorization",
     "hadamard_matrix",
     "hadamard_size_supported",
     "hadamard_transform",
+    "insert_online_hadamard",
+    "llama_structure",
     "random_hadamard",
     "random_orthogonal",
+    "rotate_model",
+    "rotate_residual",
+    "rotate_vo",
     "rotation",
+    "untie_embeddings",
 ]
