@@ -9,6 +9,7 @@ Sessions (``nox -l`` lists them; ``nox`` alone runs lint, typecheck, docs and te
 * ``build``      wheel and sdist of every distribution into ``dist/``, then ``twine check``.
 * ``demo``       ``polyquant demo`` (arguments after ``--`` go to it).
 * ``bench``      ``kernels/benchmarks/bench_linear.py`` (``nox -s bench -- --quick`` for a smoke run).
+* ``quality``    ``core/benchmarks/quality.py``: every method at 2/3/4/8 bits on a small trained LM (docs/quality.md).
 
 Every session that needs polyquant installs it with ``scripts/dev-install.sh``, the installer CI uses: every
 package editable, with ``constraints.txt`` (torch pinned). Virtual environments see the interpreter's site
@@ -110,3 +111,10 @@ def bench(session: nox.Session) -> None:
     """Run the kernel benchmarks (they measure speed; the tests never do)."""
     install_polyquant(session)
     session.run("python", "kernels/benchmarks/bench_linear.py", *session.posargs)
+
+
+@nox.session(venv_params=SHARED_SITE)
+def quality(session: nox.Session) -> None:
+    """Every quantization method at 2, 3, 4 and 8 bits on a small trained language model (docs/quality.md)."""
+    install_polyquant(session)
+    session.run("python", "core/benchmarks/quality.py", *session.posargs)
