@@ -132,12 +132,14 @@ def test_quantizers_check_their_input() -> None:
 
 def test_protocol_registry_and_factory() -> None:
     infos = {info.name: info for info in builtin_quantizers()}
-    assert set(infos) == {"rtn", "mse", "gptq", "awq", "hqq"}
+    assert set(infos) == {"rtn", "mse", "gptq", "awq", "hqq", "kmeans"}
     assert [n for n, info in sorted(infos.items()) if info.needs_calibration] == ["awq", "gptq"]
     assert isinstance(RTNQuantizer(), Quantizer) and isinstance(MSEQuantizer(), Quantizer)
     q = make_quantizer("mse", {"grid": 7, "norm": 2})
     assert isinstance(q, MSEQuantizer) and (q.grid, q.norm) == (7, 2.0)
-    with pytest.raises(RecipeError, match="method: 'spqr' is not a registered quantizer; allowed: awq, gptq, hqq, mse"):
+    with pytest.raises(
+        RecipeError, match="method: 'spqr' is not a registered quantizer; allowed: awq, gptq, hqq, kmeans, mixed, mse"
+    ):
         make_quantizer("spqr")
     with pytest.raises(RecipeError, match="accepted: no arguments"):
         make_quantizer("rtn", {"grid": 3})

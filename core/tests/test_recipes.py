@@ -83,7 +83,10 @@ def test_shorthands() -> None:
         ({"weights": {"format": "int4", "bits": 4}}, r"^weights: unknown field\(s\) bits; allowed: format, group_size"),
         ({"weights": {"group_size": 4}}, r"^weights\.format: missing; allowed: "),
         ({"weights": None}, r"^weights: missing"),
-        ({"method": "spqr"}, r"^method: 'spqr' is not a registered quantizer; allowed: awq, gptq, hqq, mse, rtn"),
+        (
+            {"method": "spqr"},
+            r"^method: 'spqr' is not a registered quantizer; allowed: awq, gptq, hqq, kmeans, mixed, mse, rtn",
+        ),
         ({"method": "mse", "method_args": {"gird": 3}}, r"^method_args: .*'gird'.*accepted: grid, norm, maxshrink"),
         ({"method": "mse", "method_args": {"grid": 0}}, r"^method_args\.grid: 0 is invalid"),
         ({"activations": {"format": "int3"}}, r"^activations\.format: 'int3' is not supported; allowed: int8"),

@@ -1,8 +1,8 @@
-"""Weight quantizers (RTN, MSE clipping search, GPTQ, HQQ) and activation observers.
+"""Weight quantizers (RTN, MSE clipping search, GPTQ, AWQ, HQQ, k-means codebooks) and activation observers.
 
 Quantizers implement :class:`Quantizer` and are registered as :class:`~polyquant.plugins.QuantizerInfo`
-records (the core registers ``rtn``, ``mse``, ``gptq``, ``awq`` and ``hqq``; plugins add their own). Recipes
-name them in ``method`` and pass ``method_args`` to their factory.
+records (the core registers ``rtn``, ``mse``, ``gptq``, ``awq``, ``hqq`` and ``kmeans``; plugins add their
+own). Recipes name them in ``method`` and pass ``method_args`` to their factory.
 
 Example:
     >>> from polyquant.quantizers import make_quantizer
@@ -16,6 +16,7 @@ from polyquant.plugins.records import QuantizerInfo
 from polyquant.quantizers.awq import AWQQuantizer
 from polyquant.quantizers.gptq import GPTQQuantizer, QuantizationFallbackWarning
 from polyquant.quantizers.hqq import HQQQuantizer
+from polyquant.quantizers.kmeans import KMeansQuantizer
 from polyquant.quantizers.mse import MSEQuantizer
 from polyquant.quantizers.observers import (
     ActivationObserver,
@@ -32,6 +33,7 @@ __all__ = [
     "ActivationObserver",
     "GPTQQuantizer",
     "HQQQuantizer",
+    "KMeansQuantizer",
     "MSEObserver",
     "MSEQuantizer",
     "MinMaxObserver",
@@ -68,5 +70,10 @@ def builtin_quantizers() -> list[QuantizerInfo]:
             "hqq",
             HQQQuantizer,
             "calibration-free half-quadratic zero-point optimization (args: iters, p, beta, kappa, early_stop)",
+        ),
+        QuantizerInfo(
+            "kmeans",
+            KMeansQuantizer,
+            "SqueezeLLM: sensitivity-weighted k-means codebooks (args: sensitivity, iters, tol, init, restarts, seed)",
         ),
     ]
