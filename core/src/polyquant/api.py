@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from polyquant import distributed
 from polyquant.activations import ActivationSpec
 from polyquant.adapters import select_adapter
 from polyquant.calibration import check_finite
@@ -152,18 +153,28 @@ def quantize(
     fallbacks: list[str] = []  # quantizers that fell back to a simpler method for a module, and why
     aliases = _aliases(model)
     position = {id(t): i for i, t in enumerate(targets)}
+    solved_sharded = 0  # modules solved split across ranks (torch.distributed; see polyquant.distributed)
 
     def process(batch: list[_Target], bar: bool) -> None:
-        nonlocal model
-        for target in _progress(batch, progress and bar, "quantizing"):
+        nonlocal model, solved_sharded
+        solved: list[Any] = [None] * len(batch)
+        if distributed.active():  # solve on all ranks in parallel, then rebuild every module everywhere
+            solved = distributed.solve_sharded(batch, lambda t: _solve_remote(t, quantizer))
+            solved_sharded += len(batch)
+        for target, remote in zip(_progress(batch, progress and bar, "quantizing"), solved, strict=True):
             try:
+                if remote is not None and remote[0] == "error":
+                    raise PolyquantError(remote[1])
+                use = quantizer if remote is None else _Solved(remote[1], remote[2])
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", QuantizationFallbackWarning)
-                    qmodule = _quantize_target(target, quantizer)
+                    qmodule = _quantize_target(target, use)
+                messages = [str(w.message) for w in caught if issubclass(w.category, QuantizationFallbackWarning)]
+                fallbacks.extend(
+                    f"{target.name or '<model>'}: {m}" for m in (messages if remote is None else remote[3])
+                )
                 for warning in caught:
-                    if issubclass(warning.category, QuantizationFallbackWarning):
-                        fallbacks.append(f"{target.name or '<model>'}: {warning.message}")
-                    else:
+                    if not issubclass(warning.category, QuantizationFallbackWarning):
                         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
             except PolyquantError as exc:
                 if strict:
@@ -223,7 +234,13 @@ def quantize(
         total_params,
         original_bytes,
         calibration,
-        prepared + fallbacks,
+        prepared
+        + fallbacks
+        + (
+            [f"distributed: {solved_sharded} module(s) solved round-robin on {distributed.world_size()} ranks"]
+            if distributed.active()
+            else []
+        ),
     )
 
 
@@ -460,6 +477,38 @@ def _quantize_target(target: _Target, quantizer: Quantizer) -> QuantizedModule:
     stats = target.stats.as_dict() if target.stats is not None else None
     spec = target.spec if target.spec is not None else target.weights.to_spec()
     return quantize_module(target.module, spec, quantizer=quantizer, act=target.act, act_scale=act_scale, stats=stats)
+
+
+class _Solved:
+    """A quantizer that returns a weight another rank already solved (distributed runs)."""
+
+    name = "solved"
+    needs_calibration = False
+
+    def __init__(self, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> None:
+        from polyquant.qtensor import QTensor
+
+        self.qweight = QTensor.from_tensors(tensors, metadata)
+
+    def quantize_weight(self, weight: Tensor, spec: FormatSpec, *, stats: Mapping[str, Tensor] | None = None) -> Any:
+        if tuple(weight.shape) != tuple(self.qweight.shape):
+            raise PolyquantError(
+                f"distributed: received a {tuple(self.qweight.shape)} weight for {tuple(weight.shape)}"
+            )
+        return self.qweight
+
+
+def _solve_remote(target: _Target, quantizer: Quantizer) -> tuple[Any, ...]:
+    """Solve one target for :func:`polyquant.distributed.solve_sharded`: packed tensors, metadata, fallbacks."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", QuantizationFallbackWarning)
+            qmodule = _quantize_target(target, quantizer)
+    except PolyquantError as exc:
+        return ("error", str(exc))
+    qweight = qmodule.weight
+    messages = [str(w.message) for w in caught if issubclass(w.category, QuantizationFallbackWarning)]
+    return ("ok", qweight.tensors(), qweight.metadata(), messages)
 
 
 def _aliases(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
