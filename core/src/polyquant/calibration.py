@@ -429,18 +429,31 @@ def _load_random_source(arg: str, **options: Any) -> CalibrationSet:
     return random_inputs(shape, **options)
 
 
+def _load_text_source(arg: str, **options: Any) -> CalibrationSet:
+    from polyquant.calibration_text import load_text
+
+    if not arg:
+        raise CalibrationError("the 'text' source needs a path: text:FILE (a .txt file or a directory of them)")
+    return load_text(arg, **options)
+
+
 def builtin_calibration_sources() -> list[CalibrationSourceInfo]:
-    """The core's calibration sources: ``tensors`` and ``random`` (registered by :mod:`polyquant.builtins`).
+    """The core's calibration sources: ``tensors``, ``text`` and ``random`` (registered by :mod:`polyquant.builtins`).
 
     Example:
         >>> sorted(s.name for s in builtin_calibration_sources())
-        ['random', 'tensors']
+        ['random', 'tensors', 'text']
     """
     return [
         CalibrationSourceInfo(
             "tensors",
             _load_tensors_source,
             "inputs stored in a .safetensors file or a directory of them (tensors:PATH); pickles are refused",
+        ),
+        CalibrationSourceInfo(
+            "text",
+            _load_text_source,
+            "random token windows of a text file through a tokenizer (text:FILE, option tokenizer=DIR_OR_ID)",
         ),
         CalibrationSourceInfo(
             "random",

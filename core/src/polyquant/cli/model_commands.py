@@ -207,6 +207,12 @@ def report_table(report: QuantizationReport) -> None:
     help="Calibration data from a registered source, e.g. tensors:calib.safetensors.",
 )
 @click.option("--num-samples", type=click.IntRange(1), help="Use at most this many calibration samples.")
+@click.option(
+    "--tokenizer",
+    metavar="DIR_OR_ID",
+    help="Tokenizer for text calibration (--calib text:FILE): a local model directory or a hub id.",
+)
+@click.option("--seq-len", type=click.IntRange(1), help="Tokens per window for text calibration (default 2048).")
 @click.option("--adapter", help="Model adapter to use (default: the best match).")
 @click.option(
     "--factory", metavar="MODULE:CALLABLE", help="Builds the architecture when MODEL is a checkpoint without one."
@@ -223,6 +229,8 @@ def quantize(
     recipe: str,
     calib: str | None,
     num_samples: int | None,
+    tokenizer: str | None,
+    seq_len: int | None,
     adapter: str | None,
     factory: str | None,
     out: Path | None,
@@ -238,7 +246,11 @@ def quantize(
     model = load_model(model_spec, factory)
     calibration = None
     if calib is not None:
-        options = {"num_samples": num_samples} if num_samples else {}
+        options: dict[str, object] = {"num_samples": num_samples} if num_samples else {}
+        if tokenizer is not None:
+            options["tokenizer"] = tokenizer
+        if seq_len is not None:
+            options["seq_len"] = seq_len
         calibration = load_calibration(calib, **options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
