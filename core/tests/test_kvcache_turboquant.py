@@ -212,3 +212,20 @@ def test_shape_errors() -> None:
         quantizer.encode(torch.randn(1, 4, 3, D))
     with pytest.raises(FormatError, match="leave none"):
         TurboQuantConfig(outlier_channels=D).build().encode(torch.randn(1, 1, 1, D))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_fast_hadamard_rotation_gives_the_same_distortion(unit_vectors: torch.Tensor, bits: int) -> None:
+    from polyquant.kvcache import hadamard_rotation
+
+    quantizer = TurboQuantConfig(bits=bits, rotation=hadamard_rotation).build()
+    rec = quantizer.decode(quantizer.encode(unit_vectors))
+    d_mse = float(((unit_vectors - rec) ** 2).sum(-1).mean())
+    assert d_mse == pytest.approx(D_MSE[bits], rel=0.05)
+
+
+def test_hadamard_rotation_refuses_unknown_orders() -> None:
+    from polyquant.kvcache import hadamard_rotation
+
+    with pytest.raises(FormatError, match="no Hadamard matrix of order 94"):
+        hadamard_rotation(94)

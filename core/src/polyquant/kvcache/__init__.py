@@ -28,12 +28,20 @@ from polyquant.kvcache.fp8 import FP8KVConfig, FP8KVQuantizer
 from polyquant.kvcache.kivi import IntKVConfig, IntKVQuantizer, kivi_configs
 from polyquant.kvcache.lloyd_max import LloydMaxCodebook, coordinate_codebook, gaussian_codebook, sphere_codebook
 from polyquant.kvcache.registry import available, fp8_format, get, int_format, kivi_format, turbo_format
-from polyquant.kvcache.rotation import MatrixRotation, Rotation, RotationFactory, random_orthogonal
+from polyquant.kvcache.rotation import (
+    HadamardRotation,
+    MatrixRotation,
+    Rotation,
+    RotationFactory,
+    hadamard_rotation,
+    random_orthogonal,
+)
 from polyquant.kvcache.turboquant import TurboQuantConfig, TurboQuantQuantizer
 
 __all__ = [
     "FP8KVConfig",
     "FP8KVQuantizer",
+    "HadamardRotation",
     "IntKVConfig",
     "IntKVQuantizer",
     "KVFormat",
@@ -51,6 +59,7 @@ __all__ = [
     "fp8_format",
     "gaussian_codebook",
     "get",
+    "hadamard_rotation",
     "int_format",
     "kivi_configs",
     "kivi_format",

@@ -28,7 +28,14 @@ import torch
 
 from polyquant.errors import FormatError
 
-__all__ = ["MatrixRotation", "Rotation", "RotationFactory", "random_orthogonal"]
+__all__ = [
+    "HadamardRotation",
+    "MatrixRotation",
+    "Rotation",
+    "RotationFactory",
+    "hadamard_rotation",
+    "random_orthogonal",
+]
 
 
 @runtime_checkable
@@ -157,3 +164,50 @@ def random_orthogonal(dim: int, seed: int = 0) -> MatrixRotation:
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1.0
     return MatrixRotation(q * signs, check=False)
+
+
+class HadamardRotation:
+    """The fast randomized Hadamard :math:`Π = (H·diag(s)/√d)ᵀ` of :mod:`polyquant.transforms`, as a :class:`Rotation`.
+
+    ``O(d log d)`` per vector instead of a ``d × d`` matrix product, for ``d = K·2^m`` with a known Hadamard
+    order ``K`` (every power of two, and 12, 20, 28, ... up to 252).
+
+    Example:
+        >>> import torch
+        >>> rot = hadamard_rotation(128, seed=0)
+        >>> x = torch.randn(3, 128)
+        >>> torch.allclose(rot.apply_transpose(rot.apply(x)), x, atol=1e-5)
+        True
+    """
+
+    def __init__(self, dim: int, seed: int = 0) -> None:
+        from polyquant.transforms import hadamard_size_supported, random_hadamard
+
+        if not hadamard_size_supported(dim):
+            raise FormatError(
+                f"no Hadamard matrix of order {dim} is known here; use the default Haar rotation "
+                "(polyquant.kvcache.random_orthogonal) for this head size"
+            )
+        self._q = random_hadamard(dim, seed)
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        """Length of the vectors it rotates."""
+        return self._dim
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`Πx` along the last axis (``float32``)."""
+        return self._q.apply(x.float())
+
+    def apply_transpose(self, y: torch.Tensor) -> torch.Tensor:
+        """:math:`Πᵀy` along the last axis (``float32``)."""
+        return self._q.apply_transpose(y.float())
+
+    def __repr__(self) -> str:
+        return f"HadamardRotation(dim={self.dim})"
+
+
+def hadamard_rotation(dim: int, seed: int = 0) -> HadamardRotation:
+    """A :class:`RotationFactory` for TurboQuant: ``TurboQuantConfig(bits=3, rotation=hadamard_rotation)``."""
+    return HadamardRotation(dim, seed)
