@@ -94,3 +94,28 @@ def test_awq_on_a_tiny_llama_folds_scales_and_beats_rtn() -> None:
     assert awq < rtn, (awq, rtn)
     assert any(note.startswith("awq: scaled 4 norm") for note in report.summary.notes), report.summary.notes
     assert report.summary.method == "awq" and report.summary.modules_quantized == 14
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_prepare_keeps_the_function_and_scales_linear_pairs(kv_heads: int) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        vocab_size=96,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(ids).logits
+    spec = formats.get("int4").with_options(group_size=32, symmetric=False)
+    plan = {name: spec for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+    notes = AWQQuantizer().prepare_model(model, [{"input_ids": ids}], plan)
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reference, atol=1e-4, rtol=1e-4)
+    pairs = 4 if kv_heads == 4 else 2  # v → o is skipped under grouped-query attention
+    assert notes[-1] == f"awq: scaled {pairs} linear → linear pair(s) (v → o, up → down)"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from polyquant.errors import CalibrationError, RecipeError
 from polyquant.formats.qparams import QParams
@@ -41,8 +41,6 @@ from polyquant.quantizers.mse import _merge, group_reduce
 from polyquant.quantizers.rtn import check_weight
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from polyquant.calibration import ModelInput
     from polyquant.formats.spec import FormatSpec
     from polyquant.qtensor import QTensor
@@ -105,6 +103,33 @@ def search_scales(x: Tensor, weights: Sequence[Tensor], spec: FormatSpec, *, max
             best = (loss, ratio, s)
     assert best is not None
     return ScaleSearch(scales=best[2], ratio=best[1], losses=tuple(losses))
+
+
+def _linear_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(v_proj, o_proj)`` and ``(up_proj, down_proj)`` of a Llama-family model, where scaling is exact.
+
+    A channel of v's output reaches o's input unchanged except for per-token mixing (attention), and a
+    channel of up's output is only multiplied elementwise (by the activated gate) before down: so dividing
+    the producer's output rows by ``s`` and multiplying the consumer's columns by ``s`` keeps the function.
+    Grouped-query attention shares a v channel among several o columns, so v → o is skipped there (as
+    llm-awq does). Models the structure function does not know get no pairs.
+    """
+    from polyquant.transforms.structure import llama_structure
+
+    try:
+        structure = llama_structure(model)
+    except RecipeError:
+        return []
+    modules = dict(model.named_modules())
+    pairs: list[tuple[str, str]] = []
+    for block in structure.blocks:
+        v, o = block.v_proj, block.o_proj
+        if v is not None and getattr(modules[v], "out_features", -1) == getattr(modules[o], "in_features", -2):
+            pairs.append((v, o))
+        ups = [r for r in block.mlp_readers if r.endswith("up_proj")]
+        if len(ups) == 1 and len(block.mlp_writers) == 1:
+            pairs.append((ups[0], block.mlp_writers[0]))
+    return pairs
 
 
 class AWQQuantizer:
@@ -176,7 +201,9 @@ class AWQQuantizer:
         groups = [g for g in groups if len({plan[n] for n in g.linears}) == 1]  # one format to search for
         if not groups:
             return ["awq: no normalization layer feeds planned linears directly; only the clip search ran"]
-        inputs = collect_inputs(model, [g.linears[0] for g in groups], calibration, max_rows=self.max_rows)
+        pairs = [p for p in _linear_pairs(model) if p[0] in plan and p[1] in plan and plan[p[0]] == plan[p[1]]]
+        readers = [g.linears[0] for g in groups] + [nxt for _, nxt in pairs]
+        inputs = collect_inputs(model, readers, calibration, max_rows=self.max_rows)
         modules = dict(model.named_modules())
         ratios = []
         for group in groups:
@@ -189,7 +216,23 @@ class AWQQuantizer:
             fold_scales(modules[group.norm], linears, found.scales)
             ratios.append(found.ratio)
         shown = ", ".join(f"{r:.2f}" for r in ratios[:8]) + (" ..." if len(ratios) > 8 else "")
-        return [f"awq: scaled {len(ratios)} norm → linear group(s) (ratios {shown})"]
+        notes = [f"awq: scaled {len(ratios)} norm → linear group(s) (ratios {shown})"]
+        scaled_pairs = 0
+        for prev_name, next_name in pairs:
+            x = inputs.get(next_name)
+            prev, nxt = modules[prev_name], modules[next_name]
+            if x is None or not isinstance(prev, nn.Linear) or not isinstance(nxt, nn.Linear):
+                continue
+            found = search_scales(x, [nxt.weight], plan[next_name], max_rows=self.max_rows)
+            with torch.no_grad():  # y = W_next (s ⊙ (W_prev x) / s): scale prev's output rows down, next's columns up
+                prev.weight.div_(found.scales.to(prev.weight.dtype).unsqueeze(1))
+                if prev.bias is not None:
+                    prev.bias.div_(found.scales.to(prev.bias.dtype))
+                nxt.weight.mul_(found.scales.to(nxt.weight.dtype))
+            scaled_pairs += 1
+        if scaled_pairs:
+            notes.append(f"awq: scaled {scaled_pairs} linear → linear pair(s) (v → o, up → down)")
+        return notes
 
     @staticmethod
     def _error(w: Tensor, spec: FormatSpec, qparams: QParams, hessian: Tensor, gs: int) -> Tensor:
