@@ -239,3 +239,15 @@ def test_explain_context_builds_a_real_weight(plugin_manager: PluginManager) -> 
     assert (ctx.dtype, ctx.batch, ctx.format) == (torch.float16, 4, "nf4")
     act = explain_context("quantize_activation", "int8")
     assert act.weight is None and act.act_format == "int8"
+
+
+def test_transforms_and_kv_formats_are_listed(runner: CliRunner) -> None:
+    transforms = _json(runner, "transforms", "--json")
+    assert isinstance(transforms, list)
+    by_name = {t["name"]: t for t in transforms}
+    assert by_name["smoothquant"]["needs_calibration"] and not by_name["hadamard"]["needs_calibration"]
+    assert by_name["hadamard"]["plugin"] == "polyquant-core"
+    kv = _json(runner, "kv-formats", "--json")
+    assert isinstance(kv, list) and {"turbo3", "kivi2", "fp8_e4m3"} <= {k["name"] for k in kv}
+    table = runner.invoke(cli, ["transforms"])
+    assert table.exit_code == 0 and "smoothquant" in table.output

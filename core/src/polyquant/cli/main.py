@@ -40,6 +40,8 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "plugins": "polyquant.cli.registries:plugins",
     "formats": "polyquant.cli.registries:formats",
     "quantizers": "polyquant.cli.registries:quantizers",
+    "transforms": "polyquant.cli.registries:transforms",
+    "kv-formats": "polyquant.cli.registries:kv_formats",
     "recipes": "polyquant.cli.registries:recipes",
     "kernels": "polyquant.cli.kernel_commands:kernels",
     "quantize": "polyquant.cli.model_commands:quantize",

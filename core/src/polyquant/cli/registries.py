@@ -122,6 +122,42 @@ def quantizers(as_json: bool) -> None:
     print_table("Quantizers", ["name", "calibration", "description", "plugin"], rows)
 
 
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def transforms(as_json: bool) -> None:
+    """List model transforms usable in a recipe's `transforms` (rotations, smoothing)."""
+    pm = get_plugin_manager()
+    records = [
+        {
+            "name": t.name,
+            "needs_calibration": t.needs_calibration,
+            "description": t.description,
+            "plugin": pm.provider("transform", t.name),
+        }
+        for t in sorted(pm.get_transforms().values(), key=lambda t: t.name)
+    ]
+    if as_json:
+        print_json(records)
+        return
+    rows = [[r["name"], "yes" if r["needs_calibration"] else "no", r["description"], r["plugin"]] for r in records]
+    print_table("Transforms", ["name", "calibration", "description", "plugin"], rows)
+
+
+@click.command("kv-formats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def kv_formats(as_json: bool) -> None:
+    """List KV-cache formats usable as a recipe's `kv_cache.format` (see polyquant.kvcache)."""
+    pm = get_plugin_manager()
+    records = [
+        {"name": k.name, "description": k.description, "plugin": pm.provider("kv_format", k.name)}
+        for k in sorted(pm.get_kv_formats().values(), key=lambda k: k.name)
+    ]
+    if as_json:
+        print_json(records)
+        return
+    print_table("KV-cache formats", ["name", "description", "plugin"], [list(r.values()) for r in records])
+
+
 def recipe_summary(recipe: Mapping[str, Any]) -> str:
     """One line describing a recipe mapping, e.g. ``"W: int4 g128 (rtn) · A: int8 · KV: -"``.
 
