@@ -165,7 +165,7 @@ def quantize(
             try:
                 if remote is not None and remote[0] == "error":
                     raise PolyquantError(remote[1])
-                use = quantizer if remote is None else _Solved(remote[1], remote[2])
+                use = quantizer if remote is None else _received(target, remote[1], remote[2])
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", QuantizationFallbackWarning)
                     qmodule = _quantize_target(target, use)
@@ -479,23 +479,12 @@ def _quantize_target(target: _Target, quantizer: Quantizer) -> QuantizedModule:
     return quantize_module(target.module, spec, quantizer=quantizer, act=target.act, act_scale=act_scale, stats=stats)
 
 
-class _Solved:
-    """A quantizer that returns a weight another rank already solved (distributed runs)."""
+def _received(target: _Target, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Quantizer:
+    """The quantizer handing back the weight another rank solved for ``target``."""
+    from polyquant.qtensor import QTensor
+    from polyquant.quantizers.stored import StoredWeight
 
-    name = "solved"
-    needs_calibration = False
-
-    def __init__(self, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> None:
-        from polyquant.qtensor import QTensor
-
-        self.qweight = QTensor.from_tensors(tensors, metadata)
-
-    def quantize_weight(self, weight: Tensor, spec: FormatSpec, *, stats: Mapping[str, Tensor] | None = None) -> Any:
-        if tuple(weight.shape) != tuple(self.qweight.shape):
-            raise PolyquantError(
-                f"distributed: received a {tuple(self.qweight.shape)} weight for {tuple(weight.shape)}"
-            )
-        return self.qweight
+    return StoredWeight(QTensor.from_tensors(tensors, metadata), f"distributed: module {target.name!r}")
 
 
 def _solve_remote(target: _Target, quantizer: Quantizer) -> tuple[Any, ...]:

@@ -24,42 +24,15 @@ from polyquant.checkpoint.manifest import (
 )
 from polyquant.errors import CheckpointError, PolyquantError
 from polyquant.evaluation import quantized_weights, storage_key
+from polyquant.quantizers.stored import StoredWeight
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from polyquant.formats.spec import FormatSpec
-    from polyquant.qtensor import QTensor
+    pass
 
 __all__ = ["load"]
 
 #: Quantized module class → the classmethod converting its unquantized counterpart.
 _CONVERTERS = {"QLinear": "from_linear", "QConv1d": "from_conv", "QConv2d": "from_conv", "QEmbedding": "from_embedding"}
-
-
-class _StoredWeight:
-    """A :class:`~polyquant.quantizers.Quantizer` handing back an already-quantized weight.
-
-    Loading converts each unquantized module with its quantized class's usual converter (``from_linear``,
-    ...) and this quantizer, so modules are rebuilt by the same code that built them — and nothing is
-    quantized a second time.
-    """
-
-    name = "stored"
-    needs_calibration = False
-
-    def __init__(self, weight: QTensor, module_name: str) -> None:
-        self.weight, self.module_name = weight, module_name
-
-    def quantize_weight(
-        self, weight: torch.Tensor, spec: FormatSpec, *, stats: Mapping[str, torch.Tensor] | None = None
-    ) -> QTensor:
-        if weight.numel() != self.weight.shape.numel():
-            raise CheckpointError(
-                f"module {self.module_name}: the model's weight has {weight.numel()} elements, the stored one "
-                f"{self.weight.shape.numel()}; the factory builds a different architecture"
-            )
-        return self.weight
 
 
 def load(
@@ -170,7 +143,10 @@ def _install_module(
     converter = getattr(qcls, _CONVERTERS.get(entry["type"], ""), None)
     if converter is None:
         raise CheckpointError(f"module {name}: polyquant cannot rebuild a {entry['type']} from a checkpoint")
-    options: dict[str, Any] = {"quantizer": _StoredWeight(qweight, name)}
+    handback = StoredWeight(
+        qweight, f"module {name}", error=CheckpointError, hint="; the factory builds a different architecture"
+    )
+    options: dict[str, Any] = {"quantizer": handback}
     act_scale = stored.get(f"{prefix}act_scale")
     if act is not None or act_scale is not None:  # converters of modules without activations take no act=
         options.update(act=act, act_scale=act_scale)

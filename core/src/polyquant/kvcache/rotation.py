@@ -158,12 +158,9 @@ def random_orthogonal(dim: int, seed: int = 0) -> MatrixRotation:
     """
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise FormatError(f"rotation dim must be a positive integer, got {dim!r}")
-    generator = torch.Generator().manual_seed(int(seed))
-    gaussian = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(gaussian)
-    signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1.0
-    return MatrixRotation(q * signs, check=False)
+    from polyquant.transforms import random_orthogonal as haar
+
+    return MatrixRotation(haar(dim, int(seed), dtype=torch.float64), check=False)
 
 
 class HadamardRotation:

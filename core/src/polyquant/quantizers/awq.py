@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from polyquant.errors import CalibrationError, RecipeError
 from polyquant.formats.qparams import QParams
-from polyquant.quantizers.mse import _merge, group_reduce
+from polyquant.quantizers.mse import _merge
 from polyquant.quantizers.rtn import check_weight
 
 if TYPE_CHECKING:
@@ -242,9 +242,7 @@ class AWQQuantizer:
         blocks = d.reshape(rows, k // gs, gs)
         h = hessian.float().reshape(k // gs, gs, k // gs, gs).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
         err = torch.einsum("rgi,gij,rgj->rg", blocks, h, blocks)
-        if spec.granularity.kind == "channel":
-            return err.reshape(rows, 1)
-        return err.reshape(group_reduce(torch.zeros_like(w), spec.granularity).shape)
+        return err.reshape(spec.granularity.scale_shape((rows, k)))
 
     def __repr__(self) -> str:
         return f"AWQQuantizer(clip={self.clip}, steps={self.steps}, grid={self.grid})"
