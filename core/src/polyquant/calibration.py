@@ -53,6 +53,7 @@ __all__ = [
     "load_tensors",
     "random_inputs",
     "run_model",
+    "run_observing",
 ]
 
 #: One call's worth of model input: a tensor (``model(x)``), positional args or keyword args.
@@ -117,6 +118,36 @@ def run_model(model: Callable[..., Any], inputs: ModelInput) -> Any:
         f"cannot call a model with a {type(inputs).__name__}; pass inputs through iter_batches() first, which "
         f"turns tensors, tuples and dicts into model inputs"
     )
+
+
+def run_observing(
+    model: torch.nn.Module, observers: Mapping[str, Callable[[torch.Tensor], None]], inputs: Iterable[ModelInput]
+) -> None:
+    """Run ``model`` on every input (no grad) while ``observers[name](x)`` sees the first input of each named module.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+        >>> seen = []
+        >>> run_observing(model, {"0": lambda x: seen.append(tuple(x.shape))}, [torch.ones(3, 4)])
+        >>> seen
+        [(3, 4)]
+    """
+    modules = dict(model.named_modules())
+    handles = []
+    for name, observe in observers.items():
+
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], observe: Callable[..., None] = observe) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                observe(args[0].detach())
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for sample in inputs:
+                run_model(model, sample)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def move_to(inputs: ModelInput, device: torch.device | str) -> ModelInput:

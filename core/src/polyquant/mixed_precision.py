@@ -277,28 +277,22 @@ class MixedPrecisionQuantizer:
 
     def prepare_model(self, model: nn.Module, calibration: Sequence[Any], plan: dict[str, FormatSpec]) -> list[str]:
         """Collect Hessians of the planned linears, allocate widths, and write the formats into ``plan``."""
-        from polyquant.calibration import run_model
+        from polyquant.calibration import run_observing
         from polyquant.quantizers.stats import InputStats, input_rows
 
         modules = dict(model.named_modules())
         names = [n for n in plan if isinstance(modules.get(n), (nn.Linear, nn.Conv1d, nn.Conv2d))]
         stats = {n: InputStats() for n in names}
-        handles = []
-        for name in names:
 
-            def hook(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-                rows = input_rows(module, args[0]) if args and isinstance(args[0], Tensor) else None
+        def observer(name: str) -> Any:
+            def observe(x: Tensor) -> None:
+                rows = input_rows(modules[name], x)
                 if rows is not None:
                     stats[name].add(rows)
 
-            handles.append(modules[name].register_forward_pre_hook(hook))
-        try:
-            with torch.no_grad():
-                for sample in calibration:
-                    run_model(model, sample)
-        finally:
-            for handle in handles:
-                handle.remove()
+            return observe
+
+        run_observing(model, {n: observer(n) for n in names}, calibration)
         weights = {n: modules[n].weight.detach().flatten(1) for n in names}
         hessians = {n: d["hessian"] for n, s in stats.items() if (d := s.as_dict())}
         table = sensitivities(weights, self.candidates, hessians=hessians)

@@ -30,14 +30,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from polyquant.calibration import ModelInput, run_model
+from polyquant.calibration import ModelInput, run_model, run_observing
 from polyquant.errors import CalibrationError, RecipeError
 from polyquant.plugins.records import TransformInfo
 
@@ -129,23 +129,16 @@ def find_norm_groups(model: nn.Module, sample: ModelInput) -> list[NormGroup]:
 
 def collect_input_absmax(model: nn.Module, linears: Iterable[str], inputs: Iterable[ModelInput]) -> dict[str, Tensor]:
     """Per input channel ``max |x|`` of each named linear over ``inputs`` (float32, shape ``(in_features,)``)."""
-    modules = dict(model.named_modules())
     absmax: dict[str, Tensor] = {}
-    handles = []
-    for name in linears:
 
-        def hook(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
-            absmax[name] = torch.maximum(absmax[name], x) if name in absmax else x
+    def observer(name: str) -> Callable[[Tensor], None]:
+        def observe(x: Tensor) -> None:
+            m = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+            absmax[name] = torch.maximum(absmax[name], m) if name in absmax else m
 
-        handles.append(modules[name].register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for sample in inputs:
-                run_model(model, sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+        return observe
+
+    run_observing(model, {name: observer(name) for name in linears}, inputs)
     return absmax
 
 
@@ -153,27 +146,20 @@ def collect_inputs(
     model: nn.Module, linears: Iterable[str], inputs: Iterable[ModelInput], *, max_rows: int = 4096
 ) -> dict[str, Tensor]:
     """Up to ``max_rows`` input rows ``(rows, in_features)`` of each named linear over ``inputs`` (float32)."""
-    modules = dict(model.named_modules())
     rows: dict[str, list[Tensor]] = {}
     counts: dict[str, int] = {}
-    handles = []
-    for name in linears:
 
-        def hook(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+    def observer(name: str) -> Callable[[Tensor], None]:
+        def observe(x: Tensor) -> None:
             have = counts.get(name, 0)
             if have < max_rows:
-                x = args[0].detach().reshape(-1, args[0].shape[-1])[: max_rows - have].float()
-                rows.setdefault(name, []).append(x)
-                counts[name] = have + x.shape[0]
+                part = x.reshape(-1, x.shape[-1])[: max_rows - have].float()
+                rows.setdefault(name, []).append(part)
+                counts[name] = have + part.shape[0]
 
-        handles.append(modules[name].register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for sample in inputs:
-                run_model(model, sample)
-    finally:
-        for handle in handles:
-            handle.remove()
+        return observe
+
+    run_observing(model, {name: observer(name) for name in linears}, inputs)
     return {name: torch.cat(parts) for name, parts in rows.items()}
 
 
