@@ -79,20 +79,10 @@ def test_errors_and_report() -> None:
     assert isinstance(table["l0"][0], Candidate) and table["l0"][0].params == 32 * 64
 
 
-def test_mixed_method_allocates_per_layer_and_reports_it() -> None:
-    transformers = pytest.importorskip("transformers")
+def test_mixed_method_allocates_per_layer_and_reports_it(tiny_llama) -> None:
     import polyquant
 
-    config = transformers.LlamaConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = tiny_llama()
     calib = {"input_ids": torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(1))}
     recipe = {**polyquant.recipes.resolve("mixed-3.5").to_dict(), "method_args": {"budget": 3.0, "method": "rtn"}}
     _, report = polyquant.quantize(model, recipe, calibration=calib, inplace=False, progress=False)

@@ -63,18 +63,8 @@ def test_arguments_are_checked() -> None:
         search_scales(torch.zeros(0, 8), [torch.ones(4, 8)], INT4_G128)
 
 
-def test_awq_on_a_tiny_llama_folds_scales_and_beats_rtn() -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
+def test_awq_on_a_tiny_llama_folds_scales_and_beats_rtn(tiny_llama) -> None:
+    model = tiny_llama()
     with torch.no_grad():  # trained-looking norms: a few outlier channels AWQ should protect
         for module in model.modules():
             if type(module).__name__ == "LlamaRMSNorm":
@@ -97,18 +87,8 @@ def test_awq_on_a_tiny_llama_folds_scales_and_beats_rtn() -> None:
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_prepare_keeps_the_function_and_scales_linear_pairs(kv_heads: int) -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        vocab_size=96,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
+def test_prepare_keeps_the_function_and_scales_linear_pairs(kv_heads: int, tiny_llama) -> None:
+    model = tiny_llama(hidden=64, intermediate=128, kv_heads=kv_heads, vocab=96)
     ids = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = model(ids).logits

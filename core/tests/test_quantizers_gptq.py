@@ -191,18 +191,8 @@ def test_quantize_refuses_gptq_without_calibration() -> None:
         polyquant.quantize(torch.nn.Sequential(torch.nn.Linear(128, 32)), "w4a16-gptq", progress=False)
 
 
-def test_gptq_beats_rtn_end_to_end_on_a_tiny_llama() -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
+def test_gptq_beats_rtn_end_to_end_on_a_tiny_llama(tiny_llama) -> None:
+    model = tiny_llama()
     calib = torch.randint(0, 128, (16, 32), generator=torch.Generator().manual_seed(1))
     ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -170,18 +170,8 @@ def test_capture_stops_at_the_block_and_drops_caches() -> None:
     assert calls[0].kwargs == {"cache": None, "use_cache": False}
 
 
-def test_gptq_sequential_on_a_tiny_llama_keeps_logits_close() -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
+def test_gptq_sequential_on_a_tiny_llama_keeps_logits_close(tiny_llama) -> None:
+    model = tiny_llama(layers=3)
     calib = {"input_ids": torch.randint(0, 128, (16, 32), generator=torch.Generator().manual_seed(1))}
     ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
